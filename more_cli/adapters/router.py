@@ -1,0 +1,177 @@
+"""Task-level routing: task embeddings, one gate per adapted layer, hard or dense choices.
+
+The router depends on the task only, never on the tokens (method.md §2), so one call
+computes the routing of *every task at every layer* as a ``[layers, tasks, n]`` tensor.
+For MoRE ``n = r`` and row ``[l, t]`` is task t's rank mask at layer l; for MOELoRA and
+MoSLD ``n = num_experts`` and the row holds dense softmax weights.
+
+Layers are grouped by input width so that every group's gates run as one batched einsum:
+with ``task_embedding: per_layer`` each layer owns a table of width ``d_in`` (the authors'
+layout); with ``shared`` one small table feeds every gate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from more_cli.adapters.config import AdapterConfig
+
+
+class _WidthGroup(nn.Module):
+    """Gates (and, per layer, task embeddings) of the layers that share one input width."""
+
+    def __init__(
+        self, num_layers: int, num_tasks: int, d_in: int, outputs: int, config: AdapterConfig
+    ) -> None:
+        super().__init__()
+        per_layer = config.task_embedding == "per_layer"
+        width = d_in if per_layer else config.task_embedding_dim
+        self.embedding = (
+            nn.Parameter(torch.randn(num_layers, num_tasks, d_in)) if per_layer else None
+        )
+        bound = 1.0 / math.sqrt(width)
+        self.gate_weight = nn.Parameter(
+            torch.empty(num_layers, outputs, width).uniform_(-bound, bound)
+        )
+        self.gate_bias = nn.Parameter(torch.zeros(num_layers, outputs))
+        # Shared embeddings are narrower than the layer input: the contrastive loss compares
+        # them with the layer input through a learned projection d_in -> width.
+        wants_projection = not per_layer and config.cl_weight > 0
+        self.cl_projection = (
+            nn.Parameter(torch.empty(num_layers, width, d_in).uniform_(-bound, bound))
+            if wants_projection
+            else None
+        )
+
+    def logits(self, shared_embedding: torch.Tensor | None) -> torch.Tensor:
+        if self.embedding is not None:
+            scores = torch.einsum("ltd,lnd->ltn", self.embedding, self.gate_weight)
+        else:
+            scores = torch.einsum("td,lnd->ltn", shared_embedding, self.gate_weight)
+        return scores + self.gate_bias[:, None, :]
+
+
+class Router(nn.Module):
+    """Task embeddings and gates for every adapted layer of one model.
+
+    Args:
+        config: the adapter config (kind, r, router mode, embedding layout, fixed ranks).
+        tasks: task names, in task-id order.
+        layer_widths: input width ``d_in`` of each adapted layer, in layer order.
+    """
+
+    def __init__(self, config: AdapterConfig, tasks: list[str], layer_widths: list[int]) -> None:
+        super().__init__()
+        self.config = config
+        self.num_layers = len(layer_widths)
+        self.num_tasks = len(tasks)
+        self.hard = config.kind == "more"
+        outputs = config.r if self.hard else config.num_experts
+        self.shared_embedding = (
+            nn.Parameter(torch.randn(len(tasks), config.task_embedding_dim))
+            if config.task_embedding == "shared"
+            else None
+        )
+        widths = sorted(set(layer_widths))
+        self.group_layers = [[i for i, w in enumerate(layer_widths) if w == d] for d in widths]
+        self.groups = nn.ModuleList(
+            _WidthGroup(len(layers), len(tasks), d, outputs, config)
+            for d, layers in zip(widths, self.group_layers, strict=True)
+        )
+        order = [i for layers in self.group_layers for i in layers]
+        self.register_buffer("_layer_order", torch.argsort(torch.tensor(order)), persistent=False)
+        self.register_buffer("fixed_ranks", self._fixed_rank_table(config, tasks))
+        if self.hard and config.router == "frozen_random":
+            self._freeze_at_initial_choice()
+        if self.hard and bool((self.fixed_ranks > 0).all()):
+            # Every rank is forced: the gates play no part in the forward and must not train
+            # (an unused trainable parameter breaks DDP).
+            for group in self.groups:
+                group.gate_weight.requires_grad_(False)
+                group.gate_bias.requires_grad_(False)
+
+    def _fixed_rank_table(self, config: AdapterConfig, tasks: list[str]) -> torch.Tensor:
+        """[tasks] forced rank per task, 0 where the router chooses."""
+        fixed = config.fixed_ranks
+        if fixed is None:
+            return torch.zeros(len(tasks), dtype=torch.long)
+        if isinstance(fixed, int):
+            return torch.full((len(tasks),), fixed, dtype=torch.long)
+        return torch.tensor([fixed.get(task, 0) for task in tasks], dtype=torch.long)
+
+    def _freeze_at_initial_choice(self) -> None:
+        """Reproduce the authors' released code: ranks stay at the initial gate's argmax."""
+        with torch.no_grad():
+            initial = self.logits().argmax(-1) + 1  # [layers, tasks]
+        self.register_buffer("frozen_choice", initial)
+        for group in self.groups:
+            group.gate_weight.requires_grad_(False)
+            group.gate_bias.requires_grad_(False)
+
+    def logits(self) -> torch.Tensor:
+        """Gate logits for every layer and task: ``[layers, tasks, n]``."""
+        per_group = [group.logits(self.shared_embedding) for group in self.groups]
+        return torch.cat(per_group)[self._layer_order]
+
+    def forward(self) -> torch.Tensor:
+        """Routing of every task at every layer: ``[layers, tasks, n]``.
+
+        MoRE: differentiable rank masks (hard in the forward, straight-through gradient to
+        the gates and task embeddings). MOELoRA / MoSLD: dense softmax expert weights.
+        """
+        logits = self.logits()
+        if not self.hard:
+            return logits.softmax(-1)
+        if self.config.router == "frozen_random":
+            choice = _one_hot_rank(self.frozen_choice, self.config.r, logits.dtype)
+        else:
+            probs = logits.softmax(-1)
+            hard = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
+            choice = probs - probs.detach() + hard  # straight-through estimator
+        forced = self.fixed_ranks > 0
+        if bool(forced.any()):
+            fixed = _one_hot_rank(self.fixed_ranks.clamp(min=1), self.config.r, logits.dtype)
+            choice = torch.where(forced[None, :, None], fixed.expand_as(choice), choice)
+        # Component j is on when the chosen expert k >= j + 1: reverse cumulative sum.
+        return choice.flip(-1).cumsum(-1).flip(-1)
+
+    def chosen_ranks(self) -> torch.Tensor:
+        """MoRE: the rank each task uses at each layer, ``[layers, tasks]`` (1..r)."""
+        with torch.no_grad():
+            return self.forward().round().sum(-1).long()
+
+    def confidence(self) -> torch.Tensor:
+        """Gate probability of the chosen expert, ``[layers, tasks]``."""
+        with torch.no_grad():
+            probs = self.logits().softmax(-1)
+            if not self.hard:
+                return probs.max(-1).values
+            chosen = self.chosen_ranks() - 1
+            return probs.gather(-1, chosen[..., None])[..., 0]
+
+    def contrastive_banks(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per layer: the task-embedding bank the contrastive loss compares inputs with, and
+        the ``[width, d_in]`` projection of the layer input (shared layout only)."""
+        banks: list[tuple[torch.Tensor, torch.Tensor | None]] = [None] * self.num_layers
+        for group, layers in zip(self.groups, self.group_layers, strict=True):
+            for position, layer in enumerate(layers):
+                bank = (
+                    self.shared_embedding if group.embedding is None else group.embedding[position]
+                )
+                projection = None if group.cl_projection is None else group.cl_projection[position]
+                banks[layer] = (bank, projection)
+        return banks
+
+    def task_embeddings(self) -> torch.Tensor:
+        """One vector per task for plots: the shared table, or the per-layer tables joined."""
+        if self.shared_embedding is not None:
+            return self.shared_embedding.detach()
+        per_layer = [group.embedding.detach().permute(1, 0, 2) for group in self.groups]
+        return torch.cat([p.reshape(self.num_tasks, -1) for p in per_layer], dim=-1)
+
+
+def _one_hot_rank(ranks: torch.Tensor, r: int, dtype: torch.dtype) -> torch.Tensor:
+    return nn.functional.one_hot(ranks - 1, r).to(dtype)

@@ -1,0 +1,163 @@
+"""Adapter state on disk: ``adapter_model.safetensors`` + ``adapter_config.json``.
+
+The JSON carries a format version, the adapter config, the task list and the shape of every
+adapted layer; loading checks all of it against the model before touching any weight and
+never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from more_cli.adapters.config import AdapterConfig
+from more_cli.adapters.injection import MultiTaskAdapter, inject_adapter
+from more_cli.errors import UserError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _describe(adapter: MultiTaskAdapter) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": adapter.config.model_dump(mode="json"),
+        "tasks": adapter.tasks,
+        "layers": {
+            name: {"d_in": layer.d_in, "d_out": layer.d_out}
+            for name, layer in adapter.layers.items()
+        },
+    }
+
+
+def save_adapter(adapter: MultiTaskAdapter, directory: str | Path) -> Path:
+    """Write the adapter's weights and description into ``directory`` (each file atomically)."""
+    directory = Path(directory)
+    tensors = {k: v.contiguous().cpu() for k, v in adapter.state_dict().items()}
+    atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+    text = json.dumps(_describe(adapter), indent=2)
+    atomic_write_bytes(directory / CONFIG_FILE, text.encode())
+    return directory
+
+
+def read_description(directory: str | Path) -> dict:
+    """The adapter JSON of ``directory``, checked for presence, syntax and format version."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found; point at a folder written by `more train` or save()")
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); the file is damaged") from None
+    if not isinstance(description, dict) or "format_version" not in description:
+        raise UserError(f"{path} is not a more adapter description (no format_version)")
+    version = description["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(
+            f"{path} has format version {version}, newer than this more understands "
+            f"({FORMAT_VERSION}); upgrade more"
+        )
+    return description
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """safetensors only; a truncated or foreign file is a clear error naming the file."""
+    if not path.is_file():
+        raise UserError(f"{path} not found; the adapter folder is incomplete")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def load_adapter(
+    model: nn.Module, directory: str | Path, tasks: list[str] | None = None
+) -> MultiTaskAdapter:
+    """Inject the adapter saved in ``directory`` into ``model`` and load its weights.
+
+    Args:
+        model: a fresh copy of the base model the adapter was trained on.
+        directory: folder written by :func:`save_adapter`.
+        tasks: optional check that the adapter knows exactly these tasks.
+    """
+    description = read_description(directory)
+    try:
+        config = AdapterConfig.model_validate(description["config"])
+    except Exception as error:  # pydantic ValidationError, KeyError on damaged files
+        raise UserError(
+            f"{Path(directory) / CONFIG_FILE} holds no valid adapter config ({error})"
+        ) from None
+    saved_tasks = list(description.get("tasks", []))
+    if tasks is not None and list(tasks) != saved_tasks:
+        raise UserError(
+            f"adapter in {directory} was trained on tasks {saved_tasks}, not {list(tasks)}"
+        )
+    adapter = inject_adapter(model, config, saved_tasks)
+    _check_layers(adapter, description.get("layers", {}), directory)
+    load_adapter_weights(adapter, directory)
+    return adapter
+
+
+def _check_layers(adapter: MultiTaskAdapter, saved: dict, directory: str | Path) -> None:
+    current = _describe(adapter)["layers"]
+    if set(saved) != set(current):
+        missing, extra = sorted(set(saved) - set(current)), sorted(set(current) - set(saved))
+        adapter.remove()
+        raise UserError(
+            f"adapter in {directory} does not fit this model: layers missing from the model "
+            f"{missing[:3]}, unexpected layers {extra[:3]}; load it into the base model it was "
+            "trained on"
+        )
+    for name, shape in saved.items():
+        if shape != current[name]:
+            adapter.remove()
+            raise UserError(
+                f"adapter in {directory} does not fit this model: layer {name} is "
+                f"{shape} in the adapter but {current[name]} in the model"
+            )
+
+
+def load_adapter_weights(adapter: MultiTaskAdapter, directory: str | Path) -> None:
+    """Copy the saved tensors into an existing adapter, checking names, shapes and kind."""
+    path = Path(directory) / WEIGHTS_FILE
+    saved = read_weights(path)
+    current = adapter.state_dict()
+    if set(saved) != set(current):
+        missing = sorted(set(current) - set(saved))[:3]
+        extra = sorted(set(saved) - set(current))[:3]
+        raise UserError(
+            f"{path} does not match this adapter (kind {adapter.config.kind}): missing "
+            f"{missing}, unexpected {extra}"
+        )
+    for key, tensor in saved.items():
+        if tensor.shape != current[key].shape:
+            raise UserError(
+                f"{path}: tensor {key} has shape {tuple(tensor.shape)}, the adapter expects "
+                f"{tuple(current[key].shape)}"
+            )
+    with torch.no_grad():
+        for key, tensor in saved.items():
+            current[key].copy_(tensor.to(current[key].dtype))
