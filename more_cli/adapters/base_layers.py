@@ -7,6 +7,8 @@ of the package only ever sees weights in ``nn.Linear`` layout (d_out × d_in).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -33,7 +35,14 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
     if is_4bit(layer):
         import bitsandbytes.functional as bnb_functional
 
-        return bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        data, state = layer.weight.data, layer.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            # After a CPU forward, bitsandbytes repacks the weight for its CPU kernel in
+            # place; undo that on a copy before dequantizing.
+            data, state = bnb_functional._convert_weight_packed_for_cpu_inverse(
+                data.clone(), copy.deepcopy(state)
+            )
+        return bnb_functional.dequantize_4bit(data, state)
     if isinstance(layer, Conv1D):
         return layer.weight.data.T
     return layer.weight.data

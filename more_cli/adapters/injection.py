@@ -306,13 +306,15 @@ def inject_adapter(
         param.requires_grad_(False)
     adapter = MultiTaskAdapter(model, config, list(tasks))
     for index, path in enumerate(paths):
-        layer = AdapterLayer(model.get_submodule(path), config, len(tasks), index, adapter.context)
+        base = model.get_submodule(path)
+        layer = AdapterLayer(base, config, len(tasks), index, adapter.context)
+        layer.train(base.training)  # a layer injected into an eval-mode model stays in eval
         _replace_module(model, path, layer)
         adapter.layers[path] = layer
     if config.uses_router:
         widths = [layer.d_in for layer in adapter.layers.values()]
         device = next(iter(adapter.layers.values())).lora_A.device
-        adapter.router = Router(config, adapter.tasks, widths).to(device)
+        adapter.router = Router(config, adapter.tasks, widths).to(device).train(model.training)
         model.add_module(ROUTER_ATTRIBUTE, adapter.router)
     adapter._hook = model.register_forward_pre_hook(adapter._pre_forward, with_kwargs=True)
     model.__dict__[HANDLE_ATTRIBUTE] = adapter

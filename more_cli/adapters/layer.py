@@ -94,7 +94,7 @@ class AdapterLayer(nn.Module):
             update = self._shared_up_update(dropped, weights)
         else:
             update = self._masked_update(dropped, weights)
-        if self.wants_contrastive and self.training and x.dim() >= 3:
+        if self.wants_contrastive and self.training and self.context.banks and x.dim() >= 3:
             self._record_contrastive(x[:, 0, :], task_ids)
         return result + update.to(result.dtype)
 

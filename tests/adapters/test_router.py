@@ -1,0 +1,107 @@
+"""Routing: hard forward, straight-through gradients, frozen and forced ranks."""
+
+from __future__ import annotations
+
+import torch
+
+from more_cli.adapters import AdapterConfig, inject_adapter
+from tests.adapters.conftest import BUILDERS, model_inputs, randomize_adapter
+
+TASKS = ["alpha", "beta", "gamma"]
+
+
+def test_forward_uses_exactly_the_hard_choice() -> None:
+    model = BUILDERS["llama"]()
+    adapter = inject_adapter(model, AdapterConfig(kind="more", r=4, dropout=0.0), TASKS)
+    randomize_adapter(adapter)
+    routing = adapter.routing()
+    ranks = adapter.router.chosen_ranks()
+    hard_masks = (torch.arange(4)[None, None, :] < ranks[..., None]).float()
+    assert torch.equal(routing.detach(), hard_masks)
+    # The layer output is the update of the chosen prefix only.
+    name, layer = next(iter(adapter.layers.items()))
+    x = torch.randn(2, 3, layer.d_in)
+    adapter.context.set(torch.tensor([0, 2]), routing, None)
+    got = layer(x)
+    for row, task in enumerate([0, 2]):
+        k = int(ranks[0, task])
+        scale = (torch.arange(1, 5) / 4.0) ** 2
+        a, b = layer.lora_A[:k], layer.lora_B[:, :k] * scale[:k]
+        expected = layer.base_layer(x[row]) + layer.scaling * (x[row] @ a.T) @ b.T
+        torch.testing.assert_close(got[row], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_straight_through_gradients_reach_gates_and_task_embeddings() -> None:
+    model = BUILDERS["t5"]()
+    adapter = inject_adapter(model, AdapterConfig(kind="more", r=4, cl_weight=0.0), TASKS)
+    randomize_adapter(adapter)
+    inputs = model_inputs("t5", batch=2)
+    model(
+        **inputs, labels=inputs["input_ids"][:, :3].contiguous(), task_ids=torch.tensor([0, 1])
+    ).loss.backward()
+    grads = {k: p.grad for k, p in adapter.named_trainable_parameters().items() if "router" in k}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    embedding_grad = adapter.router.groups[0].embedding.grad
+    assert embedding_grad[:, 2].abs().sum() == 0  # task not in the batch
+    assert embedding_grad[:, 0].abs().sum() > 0
+
+
+def test_routing_is_computed_once_per_forward() -> None:
+    model = BUILDERS["t5"]()
+    adapter = inject_adapter(model, AdapterConfig(kind="more", r=4), TASKS)
+    calls = []
+    adapter.router.register_forward_hook(lambda *args: calls.append(1))
+    inputs = model_inputs("t5", batch=2)
+    with torch.no_grad():
+        model(**inputs, task_ids=torch.tensor([0, 1]))
+    assert len(calls) == 1
+
+
+def test_frozen_random_router_keeps_initial_ranks() -> None:
+    model = BUILDERS["t5"]()
+    adapter = inject_adapter(model, AdapterConfig(kind="more", r=4, router="frozen_random"), TASKS)
+    before = adapter.router.chosen_ranks().clone()
+    trainable = adapter.named_trainable_parameters()
+    assert not any("gate" in k for k in trainable)
+    optimizer = torch.optim.SGD(trainable.values(), lr=10.0)
+    model.train()
+    inputs = model_inputs("t5", batch=3)
+    for _ in range(3):
+        out = model(
+            **inputs,
+            labels=inputs["input_ids"][:, :3].contiguous(),
+            task_ids=torch.tensor([0, 1, 2]),
+        )
+        (out.loss + adapter.auxiliary_loss()).backward()
+        optimizer.step()
+    assert torch.equal(adapter.router.chosen_ranks(), before)
+
+
+def test_fixed_ranks_override_the_router() -> None:
+    model = BUILDERS["bert"]()
+    adapter = inject_adapter(
+        model, AdapterConfig(kind="more", r=8, fixed_ranks={"alpha": 2, "gamma": 7}), TASKS
+    )
+    ranks = adapter.chosen_ranks()
+    assert set(ranks["alpha"].values()) == {2}
+    assert set(ranks["gamma"].values()) == {7}
+
+
+def test_shared_task_embedding_is_leaner_and_feeds_the_contrastive_loss() -> None:
+    per_layer = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4), TASKS).parameter_counts()
+    model = BUILDERS["t5"]()
+    adapter = inject_adapter(
+        model, AdapterConfig(r=4, task_embedding="shared", task_embedding_dim=4), TASKS
+    )
+    shared = adapter.parameter_counts()
+    assert shared["task_embeddings"] == 3 * 4
+    assert shared["task_embeddings"] < per_layer["task_embeddings"]
+    model.train()
+    inputs = model_inputs("t5", batch=3)
+    model(
+        **inputs, labels=inputs["input_ids"][:, :3].contiguous(), task_ids=torch.tensor([0, 1, 2])
+    )
+    loss = adapter.auxiliary_loss()
+    assert loss is not None and torch.isfinite(loss)
+    loss.backward()
+    assert adapter.router.shared_embedding.grad.abs().sum() > 0
