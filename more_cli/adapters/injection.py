@@ -165,6 +165,33 @@ class MultiTaskAdapter:
             for t, task in enumerate(self.tasks)
         }
 
+    def add_tasks(self, tasks: Sequence[str], train_gates: bool = False) -> None:
+        """Transfer: add new tasks that train only their task embeddings (and the gates).
+
+        The shared low-rank experts and everything else freeze, so the old tasks'
+        predictions stay exactly as they were unless ``train_gates`` is set (the gates are
+        shared by all tasks, so training them also moves the old tasks' ranks).
+        """
+        if self.router is None:
+            raise UserError(
+                f"adapter kind {self.config.kind!r} has no task embeddings to add tasks to; "
+                "transfer needs kind more, moelora or mosld"
+            )
+        clashes = sorted(set(tasks) & set(self.tasks))
+        if clashes:
+            raise UserError(f"tasks {clashes} are already in this adapter; pick new names")
+        fixed = self.config.fixed_ranks
+        ranks = [fixed if isinstance(fixed, int) else 0 for _ in tasks]
+        for param in self._named_parameters().values():
+            param.requires_grad_(False)
+        for table in self.router.add_tasks(len(tasks), ranks):
+            table.requires_grad_(True)
+        if train_gates:
+            for group in self.router.groups:
+                group.gate_weight.requires_grad_(True)
+                group.gate_bias.requires_grad_(True)
+        self.tasks.extend(tasks)
+
     # ------------------------------------------------------------------------- merging
     def delta_weights(self, task: str) -> dict[str, torch.Tensor]:
         """Exact per-layer update ``ΔW`` of one task, ``{layer: [d_out, d_in]}`` in fp32."""

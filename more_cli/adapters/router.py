@@ -93,6 +93,39 @@ class Router(nn.Module):
                 group.gate_weight.requires_grad_(False)
                 group.gate_bias.requires_grad_(False)
 
+    def add_tasks(self, count: int, fixed_ranks: list[int]) -> list[nn.Parameter]:
+        """Grow every task-embedding table by ``count`` new tasks; return the grown tables.
+
+        Only the new rows may change: a gradient hook zeroes the old rows' gradients, so
+        with no weight decay on them (the training loop's rule for embeddings) the old
+        tasks' routing stays bit-for-bit the same.
+        """
+        old = self.num_tasks
+        grown = []
+        for owner, name in self._embedding_tables():
+            table: nn.Parameter = getattr(owner, name)
+            task_dim = table.dim() - 2
+            fresh = torch.randn(*table.shape[:task_dim], count, table.shape[-1])
+            merged = torch.cat([table.detach(), fresh.to(table)], dim=task_dim)
+            parameter = nn.Parameter(merged)
+            parameter.register_hook(_keep_rows_fixed(task_dim, old))
+            setattr(owner, name, parameter)
+            grown.append(parameter)
+        self.num_tasks = old + count
+        self.fixed_ranks = torch.cat(
+            [self.fixed_ranks, torch.tensor(fixed_ranks).to(self.fixed_ranks)]
+        )
+        if hasattr(self, "frozen_choice"):
+            with torch.no_grad():
+                initial = self.logits().argmax(-1)[:, old:] + 1
+            self.frozen_choice = torch.cat([self.frozen_choice, initial], dim=1)
+        return grown
+
+    def _embedding_tables(self) -> list[tuple[nn.Module, str]]:
+        if self.shared_embedding is not None:
+            return [(self, "shared_embedding")]
+        return [(group, "embedding") for group in self.groups]
+
     def _fixed_rank_table(self, config: AdapterConfig, tasks: list[str]) -> torch.Tensor:
         """[tasks] forced rank per task, 0 where the router chooses."""
         fixed = config.fixed_ranks
@@ -171,6 +204,15 @@ class Router(nn.Module):
             return self.shared_embedding.detach()
         per_layer = [group.embedding.detach().permute(1, 0, 2) for group in self.groups]
         return torch.cat([p.reshape(self.num_tasks, -1) for p in per_layer], dim=-1)
+
+
+def _keep_rows_fixed(task_dim: int, rows: int):
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad.narrow(task_dim, 0, rows).zero_()
+        return grad
+
+    return hook
 
 
 def _one_hot_rank(ranks: torch.Tensor, r: int, dtype: torch.dtype) -> torch.Tensor:
