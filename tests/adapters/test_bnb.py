@@ -63,7 +63,8 @@ def test_merge_from_4bit_goes_into_a_dequantized_copy() -> None:
         with pytest.raises(ValueError, match="cannot merge into 4-bit"):
             adapter.merge("b")
         dequantized = {
-            n: base_layers.dense_weight(l.base_layer).clone() for n, l in adapter.layers.items()
+            name: base_layers.dense_weight(layer.base_layer).clone()
+            for name, layer in adapter.layers.items()
         }
         deltas = adapter.delta_weights("b")
         plain = adapter.merge_and_unload("b")
