@@ -1,0 +1,81 @@
+"""``more inspect``: ranks per task and layer, router confidence, task embeddings, parameters."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EPILOG = """\
+Examples:
+
+  more inspect runs/glue
+
+  more inspect runs/glue --rank-heatmap --out runs/glue/inspect
+
+  more inspect runs/glue --checkpoint step-2000 --task-embeddings --params
+
+Without a section flag every section is shown. --out writes the figures (rank_heatmap,
+router_confidence, task_embeddings) and inspection.json with every number shown.
+"""
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    svg = "svg"
+
+
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `more train`.")],
+    rank_heatmap: Annotated[
+        bool, typer.Option("--rank-heatmap", help="Chosen rank per task and layer.")
+    ] = False,
+    task_embeddings: Annotated[
+        bool,
+        typer.Option("--task-embeddings", help="Task-embedding similarity and 2-D PCA map."),
+    ] = False,
+    params: Annotated[
+        bool, typer.Option("--params", help="Trainable parameters vs a LoRA of the same rank.")
+    ] = False,
+    confidence: Annotated[
+        bool, typer.Option("--confidence", help="Router confidence per task and layer.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for figures and inspection.json.")
+    ] = None,
+    image_format: Annotated[
+        ImageFormat, typer.Option("--format", help="Figure format.")
+    ] = ImageFormat.png,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option("--checkpoint", help="Inspect checkpoints/step-N instead of adapter/."),
+    ] = None,
+) -> None:
+    """Show what RUN_DIR's adapter learned; optionally save the figures."""
+    from rich.console import Console
+    from transformers.utils import logging as hf_logging
+
+    from more_cli.inspection import SECTIONS, inspect_adapter
+    from more_cli.run_loading import load_run
+
+    chosen = [
+        name
+        for name, wanted in zip(
+            SECTIONS, (rank_heatmap, task_embeddings, params, confidence), strict=True
+        )
+        if wanted
+    ]
+    run = load_run(run_dir, checkpoint)
+    hf_logging.disable_progress_bar()  # keep the tables readable
+    console = Console()
+    tasks = ", ".join(run.adapter.tasks)
+    console.print(f"{run.source} ({run.adapter.config.kind} adapter; tasks: {tasks})")
+    written = inspect_adapter(run.adapter, console, chosen or SECTIONS, out, image_format.value)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect", epilog=EPILOG)(inspect)
