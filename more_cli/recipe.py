@@ -20,7 +20,8 @@ TASK_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors; numbers are finite (a recipe never means inf or nan).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class QuantizationConfig(_Section):
@@ -65,11 +66,14 @@ class TaskConfig(_Section):
     name: str = Field(..., description="Registry task (rte, mrpc, boolq, ...) or your own name.")
     source: str | None = Field(
         None,
-        description="Where the data comes from: None = the task's hub dataset; a directory "
-        "holding <split>.jsonl/.json/.csv/.parquet (e.g. ../shared/data/glue/rte).",
+        description="Where the data comes from: null = the task's hub dataset; a directory "
+        "holding <split>.jsonl/.json/.csv/.parquet (e.g. ../shared/data/glue/rte). A relative "
+        "path is taken from the current working directory, not the recipe's folder.",
     )
     data_files: dict[str, str] | None = Field(
-        None, description="User-defined task: {split: file} with .jsonl/.json/.csv/.parquet."
+        None,
+        description="User-defined task: {split: file} with .jsonl/.json/.csv/.parquet; "
+        "relative paths are taken from the current working directory.",
     )
     template: str | None = Field(
         None,
@@ -138,7 +142,7 @@ class TrainConfig(_Section):
     epochs: float = Field(3.0, gt=0, le=10000, description="Passes over the largest task.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision.")
-    seed: int = Field(2023, ge=0, description="Seed for init, sampling and dropout.")
+    seed: int = Field(2023, ge=0, le=2**32 - 1, description="Seed for init, sampling and dropout.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last N checkpoints (+ best).")
@@ -160,7 +164,11 @@ class Recipe(_Section):
     tasks: list[TaskConfig] = Field(..., min_length=1)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    output_dir: Path = Field(Path("runs/run"), description="Run directory.")
+    output_dir: Path = Field(
+        Path("runs/run"),
+        description="Run directory, used as given (a relative path is taken from the current "
+        "working directory).",
+    )
 
     @model_validator(mode="after")
     def _check_tasks(self) -> Recipe:
@@ -173,7 +181,7 @@ class Recipe(_Section):
             unknown = sorted(set(fixed) - set(names))
             if unknown:
                 raise ValueError(
-                    f"adapter.fixed_ranks names tasks not in tasks: {', '.join(unknown)}"
+                    f"adapter.fixed_ranks names tasks not in tasks: {', '.join(map(repr, unknown))}"
                 )
         return self
 

@@ -1,0 +1,1 @@
+"""The ``more`` command line: one module per subcommand, wired together in :mod:`.app`."""

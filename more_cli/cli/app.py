@@ -1,0 +1,57 @@
+"""The ``more`` Typer app. It only wires subcommands; each lives in its own module.
+
+To add a subcommand, write ``more_cli/cli/<name>.py`` with a ``register(app)`` function that
+calls ``app.command(...)`` and add the module name to ``SUBCOMMANDS``. A
+:class:`~more_cli.errors.UserError` raised by any command is printed as ``error: <message>``
+(each detail line indented below it) on stderr, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from more_cli.errors import UserError
+
+# Subcommand modules under more_cli.cli, in the order `more --help` lists them.
+SUBCOMMANDS = ("train", "eval", "merge", "inspect")
+
+
+class _UserErrorsAsMessages(TyperGroup):
+    """Turn a ``UserError`` from any subcommand into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            report_user_error(error)
+            raise typer.Exit(error.exit_code) from None
+
+
+def report_user_error(error: UserError) -> None:
+    typer.echo(f"error: {error}", err=True)
+    for detail in error.details:
+        typer.echo(f"  {detail}", err=True)
+
+
+app = typer.Typer(
+    cls=_UserErrorsAsMessages,
+    name="more",
+    help="Multi-task parameter-efficient fine-tuning with MoRE (Mixture of Low-Rank Experts).",
+    epilog="Example: more train recipes/demo.yaml && more eval runs/demo",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+for _name in SUBCOMMANDS:
+    importlib.import_module(f"more_cli.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Console-script entry point (``more``)."""
+    app()

@@ -1,0 +1,46 @@
+"""``more eval``: score a trained run on its tasks and print a per-task metrics table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EPILOG = """\
+Examples:
+
+  more eval runs/demo
+
+  more eval runs/glue --tasks rte,mrpc --split validation
+
+  more eval runs/glue --checkpoint step-2000
+"""
+
+
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `more train`.")],
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Comma-separated task names (default: all).")
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="Split to score (default: the held-out test split)."),
+    ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option("--checkpoint", help="Score checkpoints/step-N instead of adapter/."),
+    ] = None,
+) -> None:
+    """Evaluate RUN_DIR's adapter; print the table and write RUN_DIR/eval.json."""
+    from rich.console import Console
+
+    from more_cli.training import evaluate_run, metrics_table
+
+    task_names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
+    report = evaluate_run(run_dir, tasks=task_names, split=split, checkpoint=checkpoint)
+    Console().print(metrics_table(report))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", epilog=EPILOG)(evaluate)

