@@ -395,7 +395,9 @@ def _describe(annotation: Any, plural: bool = False) -> str:
 def _dotted(loc: Loc) -> str:
     if not loc:
         return "(top level)"
-    return ".".join(str(p) if isinstance(p, int) or _PLAIN_KEY.fullmatch(p) else repr(p) for p in loc)
+    return ".".join(
+        str(p) if isinstance(p, int) or _PLAIN_KEY.fullmatch(p) else repr(p) for p in loc
+    )
 
 
 # --- writing -------------------------------------------------------------------------------

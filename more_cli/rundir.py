@@ -9,9 +9,9 @@ Layout (see docs/architecture.md, "Run directory")::
     <run>/checkpoints/step-N/      adapter/ + trainer/ (optimizer, scheduler, sampler, RNG)
     <run>/eval.json                the last evaluation written by training or `more eval`
 
-Every file is written to a temporary name in its own folder and renamed into place;
-folders are built as ``.tmp-*`` siblings and renamed, so a crash never leaves half a file
-or half a checkpoint under its final name. A checkpoint is complete once its
+Every file is written to a temporary name in its own folder, flushed to disk and renamed
+into place; folders are built as ``.tmp-*`` siblings, flushed and renamed, so a crash never
+leaves half a file or half a checkpoint under its final name. A checkpoint is complete once its
 ``COMPLETE`` marker exists (written last, inside the temporary folder).
 """
 
@@ -31,6 +31,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
+from more_cli.atomic import atomic_write_bytes
 from more_cli.errors import UserError
 
 FORMAT_VERSION = 1
@@ -78,18 +79,8 @@ class RunDir:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder + rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -97,7 +88,21 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """Parse a JSON file this package wrote; a damaged file or one written by a newer version
+    (``format_version`` above :data:`FORMAT_VERSION`) is a :class:`UserError` naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; the run directory is incomplete") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is not readable JSON ({error}); the file is damaged") from None
+    version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else 0
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(
+            f"{path} has format version {version!r}; this more understands up to "
+            f"{FORMAT_VERSION}: upgrade more (pip install -U more-cli)"
+        )
+    return data
 
 
 @contextlib.contextmanager
@@ -110,18 +115,43 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         yield temporary
+        _fsync_tree(temporary)
         if final.exists():
             # Move the old folder aside first: a crash between the two renames leaves the new
             # content under a temporary name, never a mix of old and new.
             stale = Path(tempfile.mkdtemp(prefix=f".tmp-old-{final.name}-", dir=final.parent))
             os.replace(final, stale / final.name)
-            os.replace(temporary, final)
+            try:
+                os.replace(temporary, final)
+            except BaseException:
+                os.replace(stale / final.name, final)  # the old version back under its name
+                stale.rmdir()
+                raise
             shutil.rmtree(stale, ignore_errors=True)
         else:
             os.replace(temporary, final)
+        _fsync_directory(final.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk, so that after a power cut the
+    renamed folder holds whole files (a process crash needs no fsync: the kernel has them)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_directory(Path(folder))
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -133,14 +163,20 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop metric records logged after ``after_step`` (before resuming from that step)."""
+    """Drop metric records logged after ``after_step`` (before resuming from that step).
+
+    Lines that are not JSON objects (a line cut short by a power cut) are dropped too.
+    """
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= after_step
-    ]
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= after_step:
+            kept.append(line)
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
@@ -229,7 +265,7 @@ def resolve_checkpoint(run: RunDir, name: str) -> Path:
     """``step-N`` (or ``N``) → its complete checkpoint folder."""
     step_name = name if name.startswith("step-") else f"step-{name}"
     path = run.checkpoints / step_name
-    if not is_complete(path):
+    if not _STEP_DIR.match(step_name) or not is_complete(path):
         available = ", ".join(p.name for _, p in list_checkpoints(run)) or "none"
         raise UserError(
             f"{run.root} has no complete checkpoint {step_name!r}",

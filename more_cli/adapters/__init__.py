@@ -1,18 +1,33 @@
 """The MoRE adapter library: usable from Python without the CLI.
 
-See ``docs/adapters.md`` for a worked example.
+See ``docs/adapters.md`` for a worked example. Names are imported on first use, so that
+reading :class:`AdapterConfig` (every recipe does) does not import torch.
 """
 
-from more_cli.adapters.config import AdapterConfig
-from more_cli.adapters.injection import MultiTaskAdapter, get_adapter, inject_adapter
-from more_cli.adapters.state import load_adapter, load_adapter_weights, save_adapter
+from __future__ import annotations
 
-__all__ = [
-    "AdapterConfig",
-    "MultiTaskAdapter",
-    "get_adapter",
-    "inject_adapter",
-    "load_adapter",
-    "load_adapter_weights",
-    "save_adapter",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from more_cli.adapters.config import AdapterConfig
+    from more_cli.adapters.injection import MultiTaskAdapter, get_adapter, inject_adapter
+    from more_cli.adapters.state import load_adapter, load_adapter_weights, save_adapter
+
+_HOMES = {
+    "AdapterConfig": "config",
+    "MultiTaskAdapter": "injection",
+    "get_adapter": "injection",
+    "inject_adapter": "injection",
+    "load_adapter": "state",
+    "load_adapter_weights": "state",
+    "save_adapter": "state",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -25,7 +25,7 @@ TARGET_PRESETS: dict[str, list[str]] = {
 class AdapterConfig(BaseModel):
     """How the adapter is built. ``kind`` switches between MoRE and the baselines."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: AdapterKind = Field(
         "more",

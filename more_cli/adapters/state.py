@@ -8,8 +8,6 @@ never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,26 +17,12 @@ from torch import nn
 
 from more_cli.adapters.config import AdapterConfig
 from more_cli.adapters.injection import MultiTaskAdapter, inject_adapter
+from more_cli.atomic import atomic_write_bytes
 from more_cli.errors import UserError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _describe(adapter: MultiTaskAdapter) -> dict:
@@ -86,7 +70,7 @@ def read_description(directory: str | Path) -> dict:
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """safetensors only; a truncated or foreign file is a clear error naming the file."""
     if not path.is_file():
-        raise UserError(f"{path} not found; the adapter folder is incomplete")
+        raise UserError(f"{path} not found; the folder holding it is incomplete")
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
@@ -119,6 +103,29 @@ def load_adapter(
     _check_layers(adapter, description.get("layers", {}), directory)
     load_adapter_weights(adapter, directory)
     return adapter
+
+
+def check_same_adapter(adapter: MultiTaskAdapter, directory: str | Path) -> None:
+    """Refuse a saved adapter whose config or tasks differ from ``adapter``'s: a checkpoint
+    of another adapter kind or another recipe must not be loaded into it."""
+    path = Path(directory) / CONFIG_FILE
+    description = read_description(directory)
+    saved = description.get("config")
+    saved = saved if isinstance(saved, dict) else {}
+    current = adapter.config.model_dump(mode="json")
+    changed = sorted(
+        key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key)
+    )
+    saved_tasks = description.get("tasks")
+    if changed or saved_tasks != adapter.tasks:
+        raise UserError(
+            f"{path} describes a {saved.get('kind')} adapter for tasks {saved_tasks}, not this "
+            f"run's {adapter.config.kind} adapter for tasks {adapter.tasks}",
+            details=[
+                f"differing adapter keys: {', '.join(changed) or 'none'}",
+                "load only checkpoints written by this run",
+            ],
+        )
 
 
 def _check_layers(adapter: MultiTaskAdapter, saved: dict, directory: str | Path) -> None:

@@ -9,6 +9,8 @@ calls ``app.command(...)`` and add the module name to ``SUBCOMMANDS``. A
 from __future__ import annotations
 
 import importlib
+import logging
+import warnings
 from typing import Any
 
 import click
@@ -18,7 +20,7 @@ from typer.core import TyperGroup
 from more_cli.errors import UserError
 
 # Subcommand modules under more_cli.cli, in the order `more --help` lists them.
-SUBCOMMANDS = ("train", "eval", "merge", "inspect")
+SUBCOMMANDS = ("train", "eval", "predict", "merge", "inspect", "demo")
 
 
 class _UserErrorsAsMessages(TyperGroup):
@@ -33,9 +35,11 @@ class _UserErrorsAsMessages(TyperGroup):
 
 
 def report_user_error(error: UserError) -> None:
-    typer.echo(f"error: {error}", err=True)
+    message = str(error)
+    typer.echo(f"error: {message}", err=True)
     for detail in error.details:
-        typer.echo(f"  {detail}", err=True)
+        if detail not in message:  # a single error is already spelled out in the message
+            typer.echo(f"  {detail}", err=True)
 
 
 app = typer.Typer(
@@ -52,6 +56,14 @@ for _name in SUBCOMMANDS:
     importlib.import_module(f"more_cli.cli.{_name}").register(app)
 
 
+def quiet_third_party_noise() -> None:
+    """Hide two messages that say nothing about the user's run: bitsandbytes' note that an
+    optional CPU kernel package is absent, and a transformers deprecation that peft triggers."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def main() -> None:
     """Console-script entry point (``more``)."""
+    quiet_third_party_noise()
     app()
