@@ -24,7 +24,15 @@ _HOMES = {
     "save_adapter": "state",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "AdapterConfig",
+    "MultiTaskAdapter",
+    "get_adapter",
+    "inject_adapter",
+    "load_adapter",
+    "load_adapter_weights",
+    "save_adapter",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -60,7 +60,9 @@ def quiet_third_party_noise() -> None:
     """Hide two messages that say nothing about the user's run: bitsandbytes' note that an
     optional CPU kernel package is absent, and a transformers deprecation that peft triggers."""
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
 
 
 def main() -> None:
