@@ -14,7 +14,10 @@ dropped), answers to ``max_target_length`` tokens.
 Sampling (:class:`MultiTaskBatchSampler`) is an endless, seeded sequence of *global* batches;
 with ``num_replicas`` processes, process ``rank`` takes global batches ``rank``,
 ``rank + num_replicas``, … so processes never share a batch and together follow the same
-sequence whatever their number. Shard here and do not let accelerate shard the loader again.
+sequence whatever their number. Processes draw a round of ``num_replicas`` batches at a time,
+so after each yielded batch all of them hold the same sampler state (a checkpoint written by
+one process resumes every process). Shard here and do not let accelerate shard the loader
+again.
 """
 
 from __future__ import annotations
@@ -227,12 +230,13 @@ class MultiTaskBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
-            global_batch = self._batch
-            indices = self._draw()
-            if global_batch % self.num_replicas == self.rank:
-                self._yielded += 1
-                self._history.append((self._yielded, self.state_dict()))
-                yield indices
+            # Draw a whole round (one global batch per process) before yielding this
+            # process's share, so that after k batches every process is in the same state
+            # (k * num_replicas global batches drawn): any process's saved state resumes all.
+            round_of_batches = [self._draw() for _ in range(self.num_replicas)]
+            self._yielded += 1
+            self._history.append((self._yielded, self.state_dict()))
+            yield round_of_batches[self.rank]
 
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
         """The state after every batch yielded so far, or after the first ``consumed``

@@ -18,10 +18,12 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any, Literal, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 from transformers import (
@@ -35,8 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from more_cli.adapters.state import read_weights
 from more_cli.errors import UserError
-from more_cli.recipe import ModelConfig
+from more_cli.recipe import ModelConfig, QuantizationConfig
 from more_cli.tasks import Task
 
 Family = Literal["seq2seq", "decoder", "encoder"]
@@ -171,11 +174,13 @@ class TaskHeadModel(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         hidden = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         logits = hidden.new_full((hidden.shape[0], self.max_width), float("-inf"))
-        for task_index in task_ids.unique().tolist():
-            rows = task_ids == task_index
-            head = self.heads[task_index]
-            out = head(hidden[rows].to(head.weight.dtype)).to(logits.dtype)
-            logits[rows, : out.shape[1]] = out
+        for task_index, head in enumerate(self.heads):
+            # Every head sees the whole batch, tasks absent from it too, so that each is in
+            # the graph (with a zero gradient): DDP then needs no find_unused_parameters.
+            out = head(hidden.to(head.weight.dtype)).to(logits.dtype)
+            rows = (task_ids == task_index)[:, None]
+            width = out.shape[1]
+            logits[:, :width] = torch.where(rows, out, logits[:, :width])
         loss = None if labels is None else self._loss(logits, labels, task_ids)
         return HeadOutput(loss=loss, logits=logits)
 
@@ -219,7 +224,7 @@ def load_heads(model: nn.Module, directory: Path) -> None:
     path = directory / HEADS_FILE
     if not path.is_file():
         raise UserError(f"{directory} has no {HEADS_FILE}; it was not saved from an encoder run")
-    tensors = load_file(str(path))
+    tensors = read_weights(path)
     with torch.no_grad():
         for spec, head in zip(model.specs, model.heads, strict=True):
             for name, param in head.named_parameters():
@@ -290,10 +295,18 @@ def load_base(
 
 
 def _load_or_explain(name: str, loader: Any, path: str, **kwargs: Any) -> Any:
-    """Call a ``from_pretrained`` loader, turning "not found" errors into a UserError."""
+    """Call a ``from_pretrained`` loader, turning "not found" and damaged files into a UserError."""
     try:
         return loader(path, **kwargs)
-    except (OSError, ValueError) as error:
+    except UnpicklingError:
+        # transformers reads .bin weights with torch.load(weights_only=True), which refuses
+        # anything but tensors; its own message suggests weights_only=False, which we never do.
+        raise UserError(
+            f"cannot load model {name!r}: a weights file in {path} holds Python objects, not "
+            "only tensors, and is not unpickled (weights_only=True)",
+            details=["use a copy of the model saved as safetensors"],
+        ) from None
+    except (OSError, ValueError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         fix = (
             f"set model.name to a local directory holding the model (no directory {path!r} "
@@ -320,11 +333,7 @@ def _quantization_kwargs(model_cfg: ModelConfig, device_index: int | None) -> di
             f"({quant.compute_dtype}) differ for a 4-bit model",
             details=["set both to the same dtype (float32 on CPU, bfloat16 on recent GPUs)"],
         )
-    if quant.compute_dtype == "float16" and not torch.cuda.is_available():
-        raise UserError(
-            "4-bit with float16 compute needs a CUDA GPU",
-            details=["set model.quantization.compute_dtype and model.dtype to float32 on CPU"],
-        )
+    _check_4bit_runs_here(quant, "cuda" if torch.cuda.is_available() else "cpu")
     from transformers import BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {
@@ -338,6 +347,35 @@ def _quantization_kwargs(model_cfg: ModelConfig, device_index: int | None) -> di
     if device_index is not None and torch.cuda.is_available():
         kwargs["device_map"] = {"": device_index}
     return kwargs
+
+
+def _check_4bit_runs_here(quant: QuantizationConfig, device: str) -> None:
+    """Quantize one 64 x 64 block and run a 4-bit matmul forward and backward with it.
+
+    What the installed bitsandbytes supports differs by version and device (quant type,
+    compute dtype, CPU or GPU); trying it is cheap and answers before any model is loaded.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes import functional as bnb_functional
+
+    dtype = _DTYPES[quant.compute_dtype]
+    try:
+        weight = torch.randn(64, 64, dtype=dtype, device=device)
+        packed, state = bnb_functional.quantize_4bit(
+            weight, quant_type=quant.quant_type, compress_statistics=quant.double_quant
+        )
+        inputs = torch.randn(2, 64, dtype=dtype, device=device, requires_grad=True)
+        bnb.matmul_4bit(inputs, packed.t(), quant_state=state).sum().backward()
+    except Exception as error:  # any failure means this combination cannot train here
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"bitsandbytes {bnb.__version__} cannot run 4-bit {quant.quant_type} with "
+            f"{quant.compute_dtype} compute on {device}: {first_line}",
+            details=[
+                "try model.quantization.compute_dtype and model.dtype float32 (CPU) or "
+                "bfloat16 (recent GPUs), or another bitsandbytes version"
+            ],
+        ) from error
 
 
 def _prepare_for_training(model: PreTrainedModel, model_cfg: ModelConfig) -> None:

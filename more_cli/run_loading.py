@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from more_cli.adapters import MultiTaskAdapter, load_adapter
+from more_cli.adapters.state import read_weights
 from more_cli.errors import UserError
 from more_cli.modeling import (
     HEADS_FILE,
@@ -151,7 +151,7 @@ def _head_specs(source: Path, recipe: Recipe) -> list[HeadSpec] | None:
     path = source / HEADS_FILE
     if not path.is_file():
         return None
-    tensors = load_file(str(path))
+    tensors = read_weights(path)
     specs = []
     for task in recipe.task_names:
         weight = tensors.get(f"{task}.weight")

@@ -11,6 +11,8 @@
   of each micro-batch is divided by ``train.grad_accum``), clipping at ``train.max_grad_norm``,
   mixed precision through ``train.precision``.
 - **Data**: batches come from the seeded, resumable multi-task sampler of :mod:`more_cli.data`.
+- **Transfer**: with ``transfer.from_run`` the run starts from a trained run's adapter and
+  trains only the recipe's new tasks, leaving the old ones bit-for-bit (:mod:`more_cli.transfer`).
 - **Evaluation**: every ``train.eval_every`` steps on the model-selection split
   (``val_select``, or ``validation`` without ``data.split_validation``); the best average
   headline metric is checkpointed and kept; ``train.early_stopping_patience`` evaluations
@@ -48,21 +50,24 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from more_cli import data as data_lib
 from more_cli.adapters import MultiTaskAdapter, inject_adapter, load_adapter_weights, save_adapter
+from more_cli.adapters.state import check_same_adapter, read_weights
 from more_cli.errors import UserError
 from more_cli.evaluation import predict
+from more_cli.launch import use_cpu_process_group
 from more_cli.modeling import HeadSpec, adapter_host, load_base, load_heads, save_heads
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
 from more_cli.rundir import (
+    FORMAT_VERSION,
     RunDir,
     append_jsonl,
     atomic_directory,
@@ -78,6 +83,7 @@ from more_cli.rundir import (
     write_run_info,
 )
 from more_cli.tasks import Task, compute_metrics, get_task, glue_average
+from more_cli.transfer import old_task_names, resolve_transfer, start_transfer
 
 # Recipe keys that may change between a run and its resumption; anything else would make
 # the resumed run a different experiment than the checkpoint it starts from.
@@ -134,6 +140,11 @@ class Session:
         if self.accelerator.is_main_process:
             print(message, flush=True)
 
+    @property
+    def trained_tasks(self) -> list[str]:
+        """The tasks this run trains: all of them, or a transfer's new tasks."""
+        return [task.name for task in self.tasks[self.batches.first_task_id :]]
+
 
 # =============================================================================================
 # Entry points
@@ -146,6 +157,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
         UserError: see the module docstring.
         TrainingInterrupted: SIGINT / SIGTERM; a checkpoint was saved, the run can resume.
     """
+    recipe = resolve_transfer(recipe)
     run = RunDir(Path(recipe.output_dir))
     checkpoint = _check_run_dir(run, recipe, resume)
     session = _setup(recipe, run)
@@ -205,6 +217,7 @@ def evaluate_run(
     heads = [HeadSpec.for_task(task) for task in all_tasks]
     model, tokenizer, family = load_base(recipe.model, heads, device_index=0)
     adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
+    check_same_adapter(adapter, source)
     load_adapter_weights(adapter, source)
     load_heads(model, source)
     if not recipe.model.load_in_4bit:  # a 4-bit model is placed by its device_map
@@ -304,24 +317,41 @@ def _make_accelerator(recipe: Recipe, run: RunDir) -> Accelerator:
             "train.precision fp16 needs a CUDA GPU",
             details=["use train.precision=bf16 or fp32 on this machine"],
         )
-    return Accelerator(
+    accelerator = Accelerator(
+        cpu=use_cpu_process_group(),  # launched on a machine without GPUs: gloo on the CPU
         mixed_precision="no" if precision == "fp32" else precision,
         gradient_accumulation_steps=recipe.train.grad_accum,
         log_with=list(recipe.train.trackers) or None,
         project_dir=str(run.root),
     )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # Both shard parameters or optimizer state across processes, while checkpoints,
+        # evaluation and adapter/ read whole tensors on the main process: refuse rather
+        # than write a partial adapter.
+        raise UserError(
+            f"more train does not support {accelerator.distributed_type.value} yet",
+            details=[
+                "use data parallelism: more train RECIPE --num-processes N (docs/scaling.md)",
+                "for a base too large for one GPU, load it in 4 bits: model.load_in_4bit=true",
+            ],
+        )
+    return accelerator
 
 
 def _setup(recipe: Recipe, run: RunDir) -> Session:
     accelerator = _make_accelerator(recipe, run)
     set_seed(recipe.train.seed)
     tasks = [get_task(cfg, seed=recipe.train.seed) for cfg in recipe.tasks]
-    device_index = accelerator.process_index if accelerator.device.type == "cuda" else None
+    device_index = accelerator.local_process_index if accelerator.device.type == "cuda" else None
     model, tokenizer, family = load_base(
         recipe.model, [HeadSpec.for_task(t) for t in tasks], device_index=device_index
     )
-    adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
-    batches = TrainBatches(recipe, tasks, tokenizer, family, accelerator)
+    old = old_task_names(recipe)  # a transfer trains only the tasks after these
+    if old:
+        adapter = start_transfer(model, recipe)
+    else:
+        adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
+    batches = TrainBatches(recipe, tasks[len(old) :], tokenizer, family, accelerator, len(old))
     total_steps = _total_steps(recipe, max(batches.task_sizes), accelerator.num_processes)
     optimizer = _make_optimizer(model, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -402,13 +432,16 @@ class TrainBatches:
 
     Wraps :class:`~more_cli.data.MultiTaskBatchSampler` (sharded per process) in a
     DataLoader and counts the batches the loop has consumed, so the saved sampler state is
-    the one just after them even when workers prefetch ahead.
+    the one just after them even when workers prefetch ahead. ``tasks`` are the trained
+    tasks; the first one has task id ``first_task_id`` (a transfer's new tasks follow the
+    run's old ones).
     """
 
     def __init__(
         self, recipe: Recipe, tasks: list[Task], tokenizer: Any, family: str,
-        accelerator: Accelerator,
+        accelerator: Accelerator, first_task_id: int = 0,
     ) -> None:  # fmt: skip
+        self.first_task_id = first_task_id
         cache = data_lib.FeatureCache(
             tokenizer, family, recipe.data.max_source_length, recipe.data.max_target_length
         )
@@ -433,6 +466,7 @@ class TrainBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for batch in self.loader:
             self.consumed += 1
+            batch["task_ids"] += self.first_task_id
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -474,10 +508,11 @@ def _fit(session: Session, signals: _SignalCatcher) -> None:
                 _log(session, window.flush(session))
             show_progress(state.step, window.last_loss)
             improved = _evaluate_if_due(session)
-            if improved or _due(state.step, cfg.save_every) or signals.received is not None:
+            received = _signal_on_any_process(session, signals)
+            if improved or _due(state.step, cfg.save_every) or received is not None:
                 _save_checkpoint(session)
-            if signals.received is not None:
-                _interrupt(session, signals.received)
+            if received is not None:
+                _interrupt(session, received)
             if _patience_exhausted(session):
                 session.say(
                     f"early stopping at step {state.step}: no better evaluation in "
@@ -546,13 +581,19 @@ class _LossWindow:
 
     def flush(self, session: Session) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
+        sums = [self.task_loss, self.cl_loss, self.micro_batches, self.samples]
+        acc = session.accelerator
+        if acc.num_processes > 1:  # every process logs the figures of all of them
+            local = torch.tensor(sums, dtype=torch.float64, device=acc.device)
+            sums = acc.reduce(local, "sum").tolist()
+        task_loss, cl_loss, micro_batches, samples = sums
         record = {
-            "loss": self.task_loss / max(self.micro_batches, 1),
+            "loss": task_loss / max(micro_batches, 1),
             "lr": session.scheduler.get_last_lr()[0],
-            "samples_per_s": self.samples * session.accelerator.num_processes / elapsed,
+            "samples_per_s": samples / elapsed,
         }
         if self.has_cl:
-            record["cl_loss"] = self.cl_loss / max(self.micro_batches, 1)
+            record["cl_loss"] = cl_loss / max(micro_batches, 1)
         self._reset()
         return record
 
@@ -608,7 +649,9 @@ def _evaluate_if_due(session: Session) -> bool:
     state = session.state
     if not _due(state.step, session.recipe.train.eval_every):
         return False
-    report = _evaluate_in_training(session, _selection_split(session.recipe))
+    report = _evaluate_in_training(
+        session, _selection_split(session.recipe), only=session.trained_tasks
+    )
     _log(session, {"split": report["split"], "eval": report["tasks"], "average": report["average"]})
     session.say(f"step {state.step}: {report['split']} average {report['average']:.4f}")
     if state.best_metric is None or report["average"] > state.best_metric:
@@ -619,11 +662,13 @@ def _evaluate_if_due(session: Session) -> bool:
     return False
 
 
-def _evaluate_in_training(session: Session, split: str) -> dict[str, Any]:
+def _evaluate_in_training(
+    session: Session, split: str, only: Sequence[str] | None = None
+) -> dict[str, Any]:
     model = session.accelerator.unwrap_model(session.model)
     report = score_tasks(
         model, session.tokenizer, session.family, session.tasks, session.recipe, split,
-        session.accelerator.device,
+        session.accelerator.device, only=only,
     )  # fmt: skip
     report["source"] = f"step-{session.state.step}"
     return report
@@ -734,6 +779,7 @@ def _write_trainer_state(session: Session, directory: Path) -> None:
     atomic_write_json(
         directory / "state.json",
         {
+            "format_version": FORMAT_VERSION,
             "trainer": asdict(session.state),
             "optimizer": optimizer_rest,
             "scheduler": session.scheduler.state_dict(),
@@ -747,12 +793,13 @@ def _write_trainer_state(session: Session, directory: Path) -> None:
 
 def _restore_checkpoint(session: Session, checkpoint: Path) -> None:
     """Load everything :func:`_save_checkpoint` wrote; drop metrics logged after it."""
+    check_same_adapter(session.adapter, checkpoint / "adapter")
     load_adapter_weights(session.adapter, checkpoint / "adapter")
     load_heads(session.accelerator.unwrap_model(session.model), checkpoint / "adapter")
     trainer = checkpoint / "trainer"
     saved = read_json(trainer / "state.json")
     session.state = TrainerState(**saved["trainer"])
-    tensors = load_file(str(trainer / "optimizer.safetensors"))
+    tensors = read_weights(trainer / "optimizer.safetensors")
     session.optimizer.load_state_dict(_join_optimizer_state(tensors, saved["optimizer"]))
     session.scheduler.load_state_dict(saved["scheduler"])
     session.batches.load_state_dict(saved["sampler"])
@@ -761,7 +808,7 @@ def _restore_checkpoint(session: Session, checkpoint: Path) -> None:
     version, internal, gauss = saved["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     _set_numpy_rng_state(saved["numpy_rng"])
-    _set_torch_rng_state(load_file(str(trainer / "rng.safetensors")))
+    _set_torch_rng_state(read_weights(trainer / "rng.safetensors"))
     if session.accelerator.is_main_process:
         truncate_metrics(session.run.metrics, after_step=session.state.step)
         write_run_info(session.run, status="running", step=session.state.step)
@@ -841,6 +888,15 @@ class _SignalCatcher:
             signal.raise_signal(number)
             return
         self.received = number
+
+
+def _signal_on_any_process(session: Session, signals: _SignalCatcher) -> int | None:
+    """The signal some process received, so that all checkpoint and stop at the same step."""
+    acc = session.accelerator
+    if acc.num_processes == 1:
+        return signals.received
+    number = torch.tensor([signals.received or 0], device=acc.device)
+    return int(acc.gather(number).max()) or None
 
 
 def _interrupt(session: Session, signal_number: int) -> None:

@@ -95,23 +95,33 @@ def read_rows(path: Path) -> list[Row]:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = _read_json_lines(path)
-    elif suffix == ".json":
-        rows = _read_json(path)
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-    else:
+    if suffix not in EXTENSIONS:
         raise UserError(f"{path}: unsupported file type; use one of {', '.join(EXTENSIONS)}")
+    try:
+        rows = _read_file(path, suffix)
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not UTF-8 text (bad byte at offset {error.start}); save it as UTF-8"
+        ) from None
+    except (OSError, ValueError, csv.Error) as error:  # pyarrow's errors are among these
+        raise UserError(f"{path} cannot be read as {suffix[1:]} ({error})") from None
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise UserError(f"{path}, row {number}: expected an object with named columns")
     return rows
+
+
+def _read_file(path: Path, suffix: str) -> list[Any]:
+    if suffix == ".jsonl":
+        return _read_json_lines(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
 
 
 def _read_json_lines(path: Path) -> list[Any]:
