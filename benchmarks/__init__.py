@@ -1,0 +1,1 @@
+"""Benchmarks of the adapter kinds; run them as modules, e.g. ``python -m benchmarks.speed``."""

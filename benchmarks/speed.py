@@ -1,0 +1,382 @@
+"""Training and inference speed, peak memory and task scaling of every adapter kind.
+
+Models are built from configs with random weights (no download): a T5 with t5-base widths
+(d_model 768, d_ff 3072, 12 heads) and a LLaMA with TinyLlama-1.1B widths (hidden 2048,
+intermediate 5632, 32 heads, 4 KV heads). To fit a shared 2-core CPU they keep only 2
+encoder + 2 decoder blocks (t5-base: 12 + 12) and 1 decoder block (TinyLlama: 22), and a
+1024-word vocabulary so the output layer (never adapted) does not dilute the ratios of so
+shallow a model. Adapters sit on every attention and MLP projection (the ``auto``
+targets), r = 8, each batch of 8 samples mixes 8 tasks at random.
+
+Sections (all ratios are paired, measured side by side in one run, methods interleaved):
+
+- ``train``: forward + backward + AdamW step, each method as a ratio to LoRA of the same r.
+- ``infer``: forward without gradients; unmerged kinds against LoRA, and a per-task
+  checkpoint made by ``merge_and_unload`` against the bare base model.
+- ``memory``: peak memory of a training step above the loaded model, one fresh
+  subprocess per method (CPU: peak RSS, reset through ``/proc/self/clear_refs``; CUDA:
+  ``torch.cuda.max_memory_allocated``), with the trainable parameter counts.
+- ``scaling``: T5 training step time as the number of tasks grows.
+
+    python -m benchmarks.speed --quick --threads 1    # 32-token inputs
+    python -m benchmarks.speed --threads 1            # 128-token inputs
+    python -m benchmarks.speed --device cuda --only train infer
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+from benchmarks.common import (
+    RESULTS_DIR,
+    VARIANTS,
+    add_timing_arguments,
+    environment,
+    format_table,
+    measure,
+    summarize,
+    write_json,
+)
+from more_cli.adapters import AdapterConfig, MultiTaskAdapter, inject_adapter
+
+FAMILIES = ("t5", "llama")
+SECTIONS = ("train", "infer", "memory", "scaling")
+SCALING_VARIANTS = ("lora", "more", "moelora", "multilora")
+CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux >= 4.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    t5_layers: int  # encoder blocks, and as many decoder blocks (t5-base has 12)
+    llama_layers: int  # TinyLlama has 22
+    width_divisor: int  # 1 = the real widths above; the smoke test shrinks them
+    batch: int
+    seq: int  # input tokens per sample
+    target_len: int  # T5 decoder tokens (a label word or two)
+    vocab: int
+    tasks: int
+    r: int
+    rounds: int
+    warmup: int
+    memory_steps: int
+    scaling_tasks: tuple[int, ...]
+    scaling_rounds: int
+
+
+PRESETS = {
+    "full": Settings(2, 1, 1, 8, 128, 4, 1024, 8, 8, rounds=9, warmup=1, memory_steps=2,
+                     scaling_tasks=(2, 8, 32, 128), scaling_rounds=5),
+    "quick": Settings(2, 1, 1, 8, 32, 4, 1024, 8, 8, rounds=7, warmup=1, memory_steps=2,
+                      scaling_tasks=(2, 8, 32, 128), scaling_rounds=5),
+    "smoke": Settings(1, 1, 64, 2, 8, 2, 64, 3, 4, rounds=2, warmup=0, memory_steps=1,
+                      scaling_tasks=(2, 4), scaling_rounds=2),
+}  # fmt: skip
+
+
+def build_base(family: str, settings: Settings) -> torch.nn.Module:
+    """The randomly initialised base model, identical for every call (seeded)."""
+    torch.manual_seed(0)
+    d = settings.width_divisor
+    if family == "t5":
+        config = T5Config(
+            vocab_size=settings.vocab, d_model=768 // d, d_kv=64 // d, d_ff=3072 // d,
+            num_heads=12, num_layers=settings.t5_layers, decoder_start_token_id=0,
+        )  # fmt: skip
+        return T5ForConditionalGeneration(config)
+    config = LlamaConfig(
+        vocab_size=settings.vocab, hidden_size=2048 // d, intermediate_size=5632 // d,
+        num_hidden_layers=settings.llama_layers, num_attention_heads=32 // min(d, 8),
+        num_key_value_heads=4,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def build(
+    family: str, variant: str | None, settings: Settings, tasks: int, device: torch.device
+) -> tuple[torch.nn.Module, MultiTaskAdapter | None]:
+    model = build_base(family, settings).to(device)
+    model.requires_grad_(False)
+    if variant is None:
+        return model, None
+    config = AdapterConfig(r=settings.r, **VARIANTS[variant])
+    return model, inject_adapter(model, config, [f"task{i}" for i in range(tasks)])
+
+
+def make_batch(
+    family: str, settings: Settings, tasks: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Random token ids and a task id per sample, tasks mixed within the batch."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, settings.vocab, (settings.batch, settings.seq), generator=generator)
+    if family == "t5":
+        labels = torch.randint(1, settings.vocab, (settings.batch, settings.target_len),
+                               generator=generator)  # fmt: skip
+    else:
+        labels = ids
+    task_ids = torch.randint(tasks, (settings.batch,), generator=generator)
+    return {"input_ids": ids.to(device), "labels": labels.to(device)}, task_ids.to(device)
+
+
+def train_step(
+    model: torch.nn.Module,
+    adapter: MultiTaskAdapter,
+    batch: dict[str, torch.Tensor],
+    task_ids: torch.Tensor,
+) -> Callable[[], None]:
+    """One optimizer step as the training loop takes it (task loss + λ · contrastive loss)."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**batch, task_ids=task_ids).loss
+        auxiliary = adapter.auxiliary_loss()
+        if auxiliary is not None:
+            loss = loss + adapter.config.cl_weight * auxiliary
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def forward_only(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], task_ids: torch.Tensor | None
+) -> Callable[[], None]:
+    model.eval()
+    routing = {} if task_ids is None else {"task_ids": task_ids}
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(**batch, **routing)
+
+    return forward
+
+
+def bench_train(settings: Settings, device: torch.device, variants: list[str], clock: str) -> dict:
+    results = {}
+    for family in FAMILIES:
+        batch, task_ids = make_batch(family, settings, settings.tasks, device)
+        calls = {}
+        for variant in variants:
+            model, adapter = build(family, variant, settings, settings.tasks, device)
+            calls[variant] = train_step(model, adapter, batch, task_ids)
+        seconds = measure(calls, settings.rounds, settings.warmup, device, clock)
+        results[family] = summarize(seconds, "lora")
+        print(f"\n### training step, {family}\n\n{format_table(results[family], 'lora')}")
+        del calls
+        gc.collect()
+    return results
+
+
+def bench_infer(settings: Settings, device: torch.device, variants: list[str], clock: str) -> dict:
+    results = {}
+    for family in FAMILIES:
+        batch, task_ids = make_batch(family, settings, settings.tasks, device)
+        base, _ = build(family, None, settings, settings.tasks, device)
+        calls = {"base": forward_only(base, batch, None)}
+        # Training-only variants (more_shared, more_no_cl) infer exactly as "more" does.
+        for variant in (v for v in variants if VARIANTS[v] == {"kind": VARIANTS[v]["kind"]}):
+            model, _ = build(family, variant, settings, settings.tasks, device)
+            calls[variant] = forward_only(model, batch, task_ids)
+        if "more" in variants:
+            model, adapter = build(family, "more", settings, settings.tasks, device)
+            calls["more_merged"] = forward_only(adapter.merge_and_unload("task0"), batch, None)
+        seconds = measure(calls, settings.rounds, settings.warmup, device, clock)
+        results[family] = {
+            "vs_lora": summarize(seconds, "lora"),
+            "vs_base": summarize(seconds, "base"),
+        }
+        print(f"\n### inference, {family}\n\n{format_table(results[family]['vs_lora'], 'lora')}")
+        if "more" in variants:
+            merged = results[family]["vs_base"]["more_merged"]
+            print(f"merged MoRE checkpoint / base model: {merged['ratio']:.3f}")
+        del calls
+        gc.collect()
+    return results
+
+
+def _resident_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def probe_memory(family: str, variant: str, settings: Settings, device: torch.device) -> dict:
+    """Peak memory of ``memory_steps`` training steps above the loaded model (this process).
+
+    Run in a fresh process so that no other model's allocations are in the way. On CPU the
+    figure is peak RSS: the kernel's high-water mark is reset after the model, adapter and
+    batch are in memory, so it counts activations, gradients and optimizer state.
+    """
+    model, adapter = build(family, variant, settings, settings.tasks, device)
+    batch, task_ids = make_batch(family, settings, settings.tasks, device)
+    step = train_step(model, adapter, batch, task_ids)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _resident_kib("VmRSS") * 1024
+        CLEAR_REFS.write_text("5")
+    for _ in range(settings.memory_steps):
+        step()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = _resident_kib("VmHWM") * 1024
+    counts = adapter.parameter_counts()
+    return {
+        "peak_mib": (peak - before) / 2**20,
+        "trainable": counts["total"],
+        "per_task_specific": counts["per_task_specific"],
+        "per_task_average": counts["per_task_average"],
+    }
+
+
+def bench_memory(mode: str, device: torch.device, variants: list[str], threads: int | None) -> dict:
+    results: dict[str, dict] = {}
+    for family in FAMILIES:
+        results[family] = {}
+        for variant in variants:
+            request = {"family": family, "variant": variant, "mode": mode, "device": str(device)}
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.speed",
+                "--memory-probe",
+                json.dumps(request),
+            ]
+            if threads:
+                command += ["--threads", str(threads)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            results[family][variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"\n### peak training memory above the loaded model, {family}\n")
+        print("| method | peak MiB | trainable params | per-task specific |\n|---|---:|---:|---:|")
+        for variant, row in results[family].items():
+            print(f"| {variant} | {row['peak_mib']:.0f} | {row['trainable']:,} "
+                  f"| {row['per_task_specific']:,} |")  # fmt: skip
+    return results
+
+
+def bench_scaling(
+    settings: Settings, device: torch.device, variants: list[str], clock: str
+) -> dict:
+    """T5 training step time at each task count, the kinds interleaved at each count."""
+    results = {}
+    for tasks in settings.scaling_tasks:
+        batch, task_ids = make_batch("t5", settings, tasks, device)
+        calls = {}
+        for variant in (v for v in SCALING_VARIANTS if v in variants):
+            model, adapter = build("t5", variant, settings, tasks, device)
+            calls[variant] = train_step(model, adapter, batch, task_ids)
+        rounds, warmup = settings.scaling_rounds, settings.warmup
+        results[str(tasks)] = summarize(measure(calls, rounds, warmup, device, clock), "lora")
+        print(f"\n### scaling, {tasks} tasks\n\n{format_table(results[str(tasks)], 'lora')}")
+        del calls
+        gc.collect()
+    return results
+
+
+def plot_train(train: dict, path: Path) -> None:
+    fig = Figure(figsize=(5 * len(train), 3.6))
+    axes = fig.subplots(1, len(train), squeeze=False)
+    for ax, (family, summary) in zip(axes[0], train.items(), strict=True):
+        names = list(summary)
+        ratios = [summary[n]["ratio"] for n in names]
+        errors = [
+            [summary[n]["ratio"] - summary[n]["ratio_q1"] for n in names],
+            [summary[n]["ratio_q3"] - summary[n]["ratio"] for n in names],
+        ]
+        ax.bar(names, ratios, yerr=errors, color="tab:blue", capsize=3)
+        ax.axhline(1.10, color="tab:red", linestyle="--", label="MoRE target 1.10")
+        ax.set_title(f"{family}: training step / LoRA")
+        ax.tick_params(axis="x", rotation=45)
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def plot_scaling(scaling: dict, path: Path) -> None:
+    tasks = [int(n) for n in scaling]
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
+    for variant in scaling[str(tasks[0])]:
+        left.plot(tasks, [scaling[str(n)][variant]["median_ms"] for n in tasks], "o-",
+                  label=variant)  # fmt: skip
+        right.plot(tasks, [scaling[str(n)][variant]["ratio"] for n in tasks], "o-",
+                   label=variant)  # fmt: skip
+    for ax, label in ((left, "median step time (ms)"), (right, "step time / LoRA (paired)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(tasks, [str(n) for n in tasks])
+        ax.set_xlabel("tasks")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle("T5 training step as the number of tasks grows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="shallower models, short batches")
+    preset.add_argument("--smoke", action="store_true", help="tiny sizes for the smoke test")
+    add_timing_arguments(parser)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+        help="adapter set-ups to compare; lora, the reference, is always kept",
+    )  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="JSON and PNG folder")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one subprocess
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        request = json.loads(args.memory_probe)
+        settings, device = PRESETS[request["mode"]], torch.device(request["device"])
+        print(json.dumps(probe_memory(request["family"], request["variant"], settings, device)))
+        return
+    if "memory" in args.only and args.device == "cpu" and not CLEAR_REFS.exists():
+        parser.error("CPU peak memory needs Linux's /proc; leave it out with --only ...")
+    mode = "quick" if args.quick else "smoke" if args.smoke else "full"
+    settings, device = PRESETS[mode], torch.device(args.device)
+    variants = ["lora", *(v for v in args.variants if v != "lora")]
+    results: dict[str, object] = {
+        "mode": mode,
+        "settings": asdict(settings),
+        "environment": environment(device) | {"clock": args.clock},
+    }
+    suffix = "" if mode == "full" else f"_{mode}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if "train" in args.only:
+        results["train"] = bench_train(settings, device, variants, args.clock)
+        plot_train(results["train"], args.out_dir / f"speed_train{suffix}.png")
+    if "infer" in args.only:
+        results["infer"] = bench_infer(settings, device, variants, args.clock)
+    if "memory" in args.only:
+        results["memory"] = bench_memory(mode, device, variants, args.threads)
+    if "scaling" in args.only:
+        results["scaling"] = bench_scaling(settings, device, variants, args.clock)
+        plot_scaling(results["scaling"], args.out_dir / f"speed_scaling{suffix}.png")
+    results["load_average_1m_end"] = environment(device)["load_average_1m"]
+    write_json(args.out_dir / f"speed{suffix}.json", results)
+
+
+if __name__ == "__main__":
+    main()

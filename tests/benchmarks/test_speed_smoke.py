@@ -1,0 +1,41 @@
+"""Keep the benchmark entry points from rotting: run each once at tiny sizes (no timings).
+
+The benchmarks run as modules from the repository root, exactly as the docs tell users.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="CPU memory probe needs Linux /proc"
+)
+
+
+def _run(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, timeout=600)
+
+
+def test_layer_micro_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "layer.json"
+    _run("benchmarks.layer_micro", "--smoke", "--threads", "1", "--out", str(out))
+    shapes = json.loads(out.read_text())["shapes"]
+    assert {"lora", "more", "moelora", "multilora", "mosld"} <= set(next(iter(shapes.values())))
+
+
+def test_speed_smoke(tmp_path: Path) -> None:
+    _run("benchmarks.speed", "--smoke", "--threads", "1", "--variants", "lora", "more",
+         "--out-dir", str(tmp_path))  # fmt: skip
+    results = json.loads((tmp_path / "speed_smoke.json").read_text())
+    assert set(results) >= {"train", "infer", "memory", "scaling"}
+    assert results["infer"]["t5"]["vs_base"]["more_merged"]["median_ms"] > 0
+    assert results["memory"]["llama"]["more"]["trainable"] > 0
+    assert (tmp_path / "speed_scaling_smoke.png").exists()
+    assert (tmp_path / "speed_train_smoke.png").exists()
