@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 
 def task_contrastive_loss(
-    first_token: torch.Tensor,
+    summary: torch.Tensor,
     bank: torch.Tensor,
     task_ids: torch.Tensor,
     temperature: float,
@@ -16,13 +16,13 @@ def task_contrastive_loss(
     """Cross-entropy of cosine similarities / tau, with each sample's own task as the label.
 
     Args:
-        first_token: ``[batch, d_in]`` layer input at the first position.
+        summary: ``[batch, d_in]`` layer input at the first position (or its mean).
         bank: ``[tasks, width]`` task embeddings.
         task_ids: ``[batch]`` true task of each sample.
         temperature: tau (0.05 in the paper).
         projection: ``[width, d_in]`` used when the bank is narrower than the input.
     """
-    query = first_token.float()
+    query = summary.float()
     if projection is not None:
         query = query @ projection.T
     similarity = F.normalize(query, dim=-1) @ F.normalize(bank.float(), dim=-1).T

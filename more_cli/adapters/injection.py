@@ -306,6 +306,14 @@ def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _is_causal_decoder(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate and can_generate())
+
+
 def inject_adapter(
     model: nn.Module, config: AdapterConfig, tasks: Sequence[str]
 ) -> MultiTaskAdapter:
@@ -332,10 +340,12 @@ def inject_adapter(
     for param in model.parameters():
         param.requires_grad_(False)
     adapter = MultiTaskAdapter(model, config, list(tasks))
+    pooling = "mean" if _is_causal_decoder(model) else "first"
     for index, path in enumerate(paths):
         base = model.get_submodule(path)
         layer = AdapterLayer(base, config, len(tasks), index, adapter.context)
         layer.train(base.training)  # a layer injected into an eval-mode model stays in eval
+        layer.cl_pooling = pooling
         _replace_module(model, path, layer)
         adapter.layers[path] = layer
     if config.uses_router:

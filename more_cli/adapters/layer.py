@@ -48,6 +48,10 @@ class AdapterLayer(nn.Module):
         self.index = index
         self.cl_temperature = config.cl_temperature
         self.wants_contrastive = config.uses_router and config.cl_weight > 0
+        # What the contrastive loss reads of the layer input: the first token (the task
+        # prefix of an encoder input), or the mean over positions in a causal decoder, whose
+        # first token never sees the rest of the input. Set by inject_adapter.
+        self.cl_pooling = "first"
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.gate_dropout = config.dropout
         # A plain attribute, not a submodule: the context belongs to the whole model.
@@ -95,7 +99,8 @@ class AdapterLayer(nn.Module):
         else:
             update = self._masked_update(dropped, weights)
         if self.wants_contrastive and self.training and self.context.banks and x.dim() >= 3:
-            self._record_contrastive(x[:, 0, :], task_ids)
+            summary = x.mean(dim=1) if self.cl_pooling == "mean" else x[:, 0, :]
+            self._record_contrastive(summary, task_ids)
         return result + update.to(result.dtype)
 
     def _broadcast(self, per_sample: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -134,10 +139,10 @@ class AdapterLayer(nn.Module):
         mixed = (hidden * expert_weights).sum(-2)
         return (mixed @ self.lora_B.T) * self.scaling
 
-    def _record_contrastive(self, first_token: torch.Tensor, task_ids: torch.Tensor) -> None:
+    def _record_contrastive(self, summary: torch.Tensor, task_ids: torch.Tensor) -> None:
         bank, projection = self.context.banks[self.index]
         self.context.contrastive[self.index] = task_contrastive_loss(
-            first_token, bank, task_ids, self.cl_temperature, projection
+            summary, bank, task_ids, self.cl_temperature, projection
         )
 
     def delta_weight(self, task: int, routing: torch.Tensor | None) -> torch.Tensor:

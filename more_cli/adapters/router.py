@@ -38,10 +38,13 @@ class _WidthGroup(nn.Module):
         )
         self.gate_bias = nn.Parameter(torch.zeros(num_layers, outputs))
         # Shared embeddings are narrower than the layer input: the contrastive loss compares
-        # them with the layer input through a learned projection d_in -> width.
+        # them with the layer input through a learned projection d_in -> width. One per input
+        # width, shared by the group's layers: per-layer projections would cost more
+        # parameters than the per-layer embeddings the shared layout is meant to save.
         wants_projection = not per_layer and config.cl_weight > 0
+        in_bound = 1.0 / math.sqrt(d_in)
         self.cl_projection = (
-            nn.Parameter(torch.empty(num_layers, width, d_in).uniform_(-bound, bound))
+            nn.Parameter(torch.empty(width, d_in).uniform_(-in_bound, in_bound))
             if wants_projection
             else None
         )
@@ -187,15 +190,16 @@ class Router(nn.Module):
 
     def contrastive_banks(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Per layer: the task-embedding bank the contrastive loss compares inputs with, and
-        the ``[width, d_in]`` projection of the layer input (shared layout only)."""
+        the ``[width, d_in]`` projection of the layer input (shared layout only; one per
+        input width)."""
         banks: list[tuple[torch.Tensor, torch.Tensor | None]] = [None] * self.num_layers
         for group, layers in zip(self.groups, self.group_layers, strict=True):
+            # One unbind per group: its backward is a single stack, whereas indexing each
+            # layer's table writes a zero-filled gradient of the whole group per layer.
+            tables = None if group.embedding is None else group.embedding.unbind(0)
             for position, layer in enumerate(layers):
-                bank = (
-                    self.shared_embedding if group.embedding is None else group.embedding[position]
-                )
-                projection = None if group.cl_projection is None else group.cl_projection[position]
-                banks[layer] = (bank, projection)
+                bank = self.shared_embedding if tables is None else tables[position]
+                banks[layer] = (bank, group.cl_projection)
         return banks
 
     def task_embeddings(self) -> torch.Tensor:

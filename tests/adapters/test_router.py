@@ -96,6 +96,7 @@ def test_shared_task_embedding_is_leaner_and_feeds_the_contrastive_loss() -> Non
     shared = adapter.parameter_counts()
     assert shared["task_embeddings"] == 3 * 4
     assert shared["task_embeddings"] < per_layer["task_embeddings"]
+    assert shared["total"] < per_layer["total"]  # the CL projection is per width, not per layer
     model.train()
     inputs = model_inputs("t5", batch=3)
     model(
