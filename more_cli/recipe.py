@@ -1,9 +1,10 @@
 """The recipe schema: every key a YAML recipe may hold, documented once, here.
 
 Sections: ``model`` (base model), ``adapter`` (:class:`AdapterConfig`), ``tasks`` (which
-tasks and where their data lives), ``data`` (lengths and sampling), ``train`` (the loop)
-and ``output_dir``. Unknown keys are errors (``extra="forbid"``). Loading, overrides and
-error formatting live in :mod:`more_cli.recipe_io`.
+tasks and where their data lives), ``data`` (lengths and sampling), ``train`` (the loop),
+``transfer`` (start from a trained run) and ``output_dir``. Unknown keys are errors
+(``extra="forbid"``). Loading, overrides and error formatting live in
+:mod:`more_cli.recipe_io`.
 """
 
 from __future__ import annotations
@@ -156,6 +157,37 @@ class TrainConfig(_Section):
     eval_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
 
 
+class TransferConfig(_Section):
+    """Few-shot transfer: add this recipe's tasks to a trained run (docs/predict-and-transfer.md).
+
+    The run's adapter, experts and old tasks stay frozen; only the new tasks' embeddings (and
+    encoder heads, and with ``train_gates`` the shared gates) train.
+    """
+
+    from_run: Path | None = Field(
+        None,
+        description="Run directory of a finished `more train` run to start from; null = an "
+        "ordinary run. Its model, adapter and tasks are kept; `tasks` lists the new tasks.",
+    )
+    shots: int | None = Field(
+        None,
+        ge=1,
+        description="k training rows per new task, a sample seeded by train.seed (sets their "
+        "max_train_samples); null = all rows.",
+    )
+    train_gates: bool = Field(
+        False,
+        description="Also train the shared gates. Moves the old tasks' ranks, so their "
+        "predictions change; off keeps them bit-for-bit.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_run(self) -> TransferConfig:
+        if self.from_run is None and (self.shots is not None or self.train_gates):
+            raise ValueError("transfer.shots and transfer.train_gates need transfer.from_run")
+        return self
+
+
 class Recipe(_Section):
     """A whole run: base model, adapter, tasks, data handling, training, output folder."""
 
@@ -164,6 +196,7 @@ class Recipe(_Section):
     tasks: list[TaskConfig] = Field(..., min_length=1)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     output_dir: Path = Field(
         Path("runs/run"),
         description="Run directory, used as given (a relative path is taken from the current "

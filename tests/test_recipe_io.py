@@ -254,7 +254,7 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     text = MINIMAL + "x: &base {lr: 0.1, seed: 3}\ntrain: {<<: *base, lr: 0.2}\n"
     err = errors_of(write(tmp_path, text))  # the anchor holder is an unknown key
     assert err.details == [
-        "x: unknown key; allowed keys: model, adapter, tasks, data, train, output_dir"
+        "x: unknown key; allowed keys: model, adapter, tasks, data, train, transfer, output_dir"
     ]
     recipe = load_recipe(write(tmp_path, MINIMAL + "train: {<<: {lr: 0.1, seed: 3}, lr: 0.2}\n"))
     assert (recipe.train.lr, recipe.train.seed) == (0.2, 3)
