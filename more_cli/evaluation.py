@@ -78,7 +78,7 @@ def predict(
             device,
             task_id,
         )
-        return [_from_candidate_scores(task, row) for row in scores]
+        return [prediction_from_candidate_scores(task, row) for row in scores]
     finally:
         model.train(was_training)
 
@@ -103,11 +103,11 @@ def candidate_scores(
             for p, a in pairs[start : start + batch_size]
         ]
         batch = {key: value.to(device) for key, value in collator(features).items()}
-        sums.append(_sequence_log_likelihood(model, batch, family))
+        sums.append(sequence_log_likelihood(model, batch, family))
     return torch.cat(sums).view(len(prompts), len(answers)).cpu()
 
 
-def _sequence_log_likelihood(
+def sequence_log_likelihood(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], family: Family
 ) -> torch.Tensor:
     labels = batch["labels"]
@@ -125,7 +125,7 @@ def _sequence_log_likelihood(
     return torch.zeros(len(labels), device=logits.device).index_add_(0, rows, token_scores)
 
 
-def _from_candidate_scores(task: Task, scores: torch.Tensor) -> Prediction:
+def prediction_from_candidate_scores(task: Task, scores: torch.Tensor) -> Prediction:
     best = int(scores.argmax())
     candidates = task.candidates()
     if task.is_regression:
@@ -156,11 +156,11 @@ def _predict_with_head(
             task_ids=batch["task_ids"],
         ).logits.float()
         for row in logits.cpu():
-            predictions.append(_from_head_logits(task, row))
+            predictions.append(prediction_from_head_logits(task, row))
     return predictions
 
 
-def _from_head_logits(task: Task, logits: torch.Tensor) -> Prediction:
+def prediction_from_head_logits(task: Task, logits: torch.Tensor) -> Prediction:
     if task.is_regression:
         score = float(logits[0])
         return Prediction(score, score_target(score))

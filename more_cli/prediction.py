@@ -45,9 +45,9 @@ from more_cli.data import (
 from more_cli.errors import UserError
 from more_cli.evaluation import (
     Prediction,
-    _from_candidate_scores,
-    _from_head_logits,
-    _sequence_log_likelihood,
+    prediction_from_candidate_scores,
+    prediction_from_head_logits,
+    sequence_log_likelihood,
 )
 from more_cli.recipe import Recipe
 from more_cli.run_loading import LoadedRun
@@ -309,7 +309,8 @@ def predict_inputs(
         if family == "encoder":
             logits = _head_logits(model, tokenizer, prompts, task_ids, batch_size, device, progress)
             return [
-                _from_head_logits(tasks[i.task], row) for i, row in zip(inputs, logits, strict=True)
+                prediction_from_head_logits(tasks[i.task], row)
+                for i, row in zip(inputs, logits, strict=True)
             ]
         answers: dict[str, list[list[int]]] = {}
         for name in {item.task for item in inputs}:
@@ -322,7 +323,7 @@ def predict_inputs(
             task_ids, batch_size, device, progress,
         )  # fmt: skip
         return [
-            _from_candidate_scores(tasks[i.task], row)
+            prediction_from_candidate_scores(tasks[i.task], row)
             for i, row in zip(inputs, scores, strict=True)
         ]
     finally:
@@ -358,7 +359,7 @@ def _candidate_scores(
             for row, a in chunk
         ]
         batch = {key: value.to(device) for key, value in collator(features).items()}
-        sums.append(_sequence_log_likelihood(model, batch, family).cpu())
+        sums.append(sequence_log_likelihood(model, batch, family).cpu())
         if progress is not None:
             row, a = chunk[-1]
             progress(row + 1 if a == len(answers[row]) - 1 else row)

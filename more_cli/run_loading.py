@@ -1,7 +1,6 @@
 """Load a finished run (or one of its checkpoints) back into memory: recipe, base, adapter, heads.
 
-Used by ``more merge`` and ``more inspect``; anything else that needs "the model of this run"
-(evaluation, prediction) can use it too::
+Used by ``more eval``, ``more merge``, ``more inspect`` and ``more predict``::
 
     run = load_run("runs/glue")                          # RUN_DIR/adapter
     run = load_run("runs/glue", checkpoint="step-2000")  # RUN_DIR/checkpoints/step-2000/adapter
@@ -28,8 +27,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from more_cli.adapters import MultiTaskAdapter, load_adapter
-from more_cli.adapters.state import read_weights
+from more_cli.adapters import MultiTaskAdapter, inject_adapter, load_adapter_weights
+from more_cli.adapters.state import check_same_adapter, read_weights
 from more_cli.errors import UserError
 from more_cli.modeling import (
     HEADS_FILE,
@@ -113,7 +112,9 @@ def load_run(
     run = RunDir(Path(run_dir))
     recipe = load_recipe(run.recipe)
     model, tokenizer, family = load_base_as(recipe, base_weights, _head_specs(source, recipe))
-    adapter = load_adapter(adapter_host(model), source, tasks=recipe.task_names)
+    adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
+    check_same_adapter(adapter, source)  # the run's own adapter, not one from elsewhere
+    load_adapter_weights(adapter, source)
     load_heads(model, source)
     return LoadedRun(
         root=run.root,

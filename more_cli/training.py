@@ -66,6 +66,7 @@ from more_cli.launch import use_cpu_process_group
 from more_cli.modeling import HeadSpec, adapter_host, load_base, load_heads, save_heads
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
+from more_cli.run_loading import load_run
 from more_cli.rundir import (
     FORMAT_VERSION,
     RunDir,
@@ -78,7 +79,6 @@ from more_cli.rundir import (
     prune_checkpoints,
     read_json,
     read_run_info,
-    resolve_checkpoint,
     truncate_metrics,
     write_run_info,
 )
@@ -198,34 +198,20 @@ def evaluate_run(
         The report written to ``eval.json``: ``split``, ``source``, ``tasks``
         (``{task: {metric: value}}``) and ``average`` (of the headline metrics).
     """
-    run = RunDir(Path(run_dir))
-    if not run.recipe.is_file():
-        raise UserError(
-            f"{run.root} is not a run directory (no {run.recipe.name})",
-            details=["point at a folder written by `more train`"],
-        )
-    recipe = load_recipe(run.recipe)
-    source = resolve_checkpoint(run, checkpoint) / "adapter" if checkpoint else run.adapter
-    if not source.is_dir():
-        raise UserError(
-            f"{run.root} has no final adapter yet",
-            details=["finish or resume the run, or score a checkpoint with --checkpoint step-N"],
-        )
+    loaded = load_run(run_dir, checkpoint)
+    recipe = loaded.recipe
     all_tasks = [get_task(cfg, seed=recipe.train.seed) for cfg in recipe.tasks]
     _check_task_names(all_tasks, tasks)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    heads = [HeadSpec.for_task(task) for task in all_tasks]
-    model, tokenizer, family = load_base(recipe.model, heads, device_index=0)
-    adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
-    check_same_adapter(adapter, source)
-    load_adapter_weights(adapter, source)
-    load_heads(model, source)
     if not recipe.model.load_in_4bit:  # a 4-bit model is placed by its device_map
-        model.to(device)
+        loaded.model.to(device)
     split = split or _test_split(recipe)
-    report = score_tasks(model, tokenizer, family, all_tasks, recipe, split, device, only=tasks)
-    report["source"] = source.relative_to(run.root).as_posix()
-    atomic_write_json(run.eval, report)
+    report = score_tasks(
+        loaded.model, loaded.tokenizer, loaded.family, all_tasks, recipe, split, device,
+        only=tasks,
+    )  # fmt: skip
+    report["source"] = loaded.source.relative_to(loaded.root).as_posix()
+    atomic_write_json(RunDir(loaded.root).eval, report)
     return report
 
 
