@@ -145,7 +145,12 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision.")
     seed: int = Field(2023, ge=0, le=2**32 - 1, description="Seed for init, sampling and dropout.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
-    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps.")
+    save_every: int | None = Field(
+        500,
+        ge=1,
+        description="Checkpoint every N steps, so a killed run loses at most N steps "
+        "(null = only at new best evaluations and on SIGINT/SIGTERM).",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last N checkpoints (+ best).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement."
