@@ -41,7 +41,14 @@ from transformers.pytorch_utils import Conv1D
 from more_cli.adapters import MultiTaskAdapter, base_layers
 from more_cli.adapters.layer import AdapterLayer
 from more_cli.errors import UserError
-from more_cli.modeling import Family, HeadSpec, TaskHeadModel, adapter_host, resolve_model_path
+from more_cli.modeling import (
+    Family,
+    HeadSpec,
+    TaskHeadModel,
+    adapter_host,
+    mean_pool,
+    resolve_model_path,
+)
 from more_cli.recipe_io import load_recipe
 from more_cli.run_loading import (
     BaseWeights,
@@ -132,8 +139,7 @@ class TaskHead:
     def __call__(
         self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
-        pooled = (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = mean_pool(last_hidden_state, attention_mask)
         return nn.functional.linear(pooled.to(self.weight.dtype), self.weight, self.bias)
 
     def save(self, directory: Path) -> None:

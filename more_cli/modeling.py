@@ -171,8 +171,7 @@ class TaskHeadModel(nn.Module):
         states = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, task_ids=task_ids
         ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        hidden = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        hidden = mean_pool(states, attention_mask)
         logits = hidden.new_full((hidden.shape[0], self.max_width), float("-inf"))
         for task_index, head in enumerate(self.heads):
             # Every head sees the whole batch, tasks absent from it too, so that each is in
@@ -199,6 +198,12 @@ class TaskHeadModel(nn.Module):
                 target = labels[rows].long()
                 total = total + F.cross_entropy(task_logits, target, reduction="sum")
         return total / labels.shape[0]
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``states`` ``[batch, seq, hidden]`` over the positions the mask keeps."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def adapter_host(model: nn.Module) -> nn.Module:
