@@ -1,0 +1,458 @@
+"""Quality on real data: MoRE against its baselines and its own ablations on five GLUE tasks.
+
+Every configuration fine-tunes the MiniLM encoder (``demo:minilm``, one head per task) on
+RTE, MRPC, CoLA, STS-B and SST-2 read in place from the local GLUE copy, multi-task, with
+the same settings for all: r = 8, alpha = 32, adapters on every linear layer (``bert``
+targets), the same training subsample per task, learning rate, batch and number of steps.
+Each trained adapter (the last step: no checkpoint selection, so ``val_select`` is unused) is
+scored on the ``val_test`` half of each validation set (method.md §4). Seeds vary
+initialisation, dropout, batch order and the training subsample; within a seed every
+configuration trains on the same subsample.
+
+Runs go through :func:`more_cli.training.train` (which scores the final adapter into each
+run's ``eval.json``), two worker processes at a time with one thread each. Run directories
+are kept: a finished run of the same recipe is reused, and an unfinished one with a
+checkpoint (SIGTERM a worker to save one) is resumed, so a stopped suite continues where it
+left off. The results JSON is rewritten after every run, so partial results survive.
+
+    python -m benchmarks.quality --quick        # 9 configurations x 1 seed, 150 steps
+    python -m benchmarks.quality                # 9 configurations x 3 seeds, 400 steps
+    python -m benchmarks.quality --configs lora more --seeds 2023
+    python -m benchmarks.quality --quick --report    # tables and plot from the JSON only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from more_cli.recipe import Recipe  # noqa: E402
+from more_cli.recipe_io import load_recipe  # noqa: E402
+from more_cli.rundir import RunDir, latest_checkpoint, read_json, read_run_info  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GLUE_DIR = REPO_ROOT / ".." / "shared" / "data" / "glue"
+TASKS = ("rte", "mrpc", "cola", "stsb", "sst2")
+HEADLINE_NAMES = {
+    "rte": "acc",
+    "mrpc": "acc+F1",
+    "cola": "MCC",
+    "stsb": "Pearson",
+    "sst2": "acc",
+    "qnli": "acc",
+}
+RANK, ALPHA = 8, 32
+
+# Adapter fields of each configuration on top of r, alpha, dropout and targets.
+METHODS: dict[str, dict[str, Any]] = {
+    "lora": {"kind": "lora"},
+    "more": {"kind": "more"},
+    "multilora": {"kind": "multilora"},
+    "moelora": {"kind": "moelora"},
+    "mosld": {"kind": "mosld"},
+}
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "more_no_rank_scaling": {"kind": "more", "rank_scaling": False},
+    "more_no_cl": {"kind": "more", "cl_weight": 0.0},
+    "more_frozen_router": {"kind": "more", "router": "frozen_random"},
+    "more_shared_embedding": {"kind": "more", "task_embedding": "shared"},
+}
+CONFIGS = METHODS | ABLATIONS
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: int
+    seeds: tuple[int, ...]
+    train_samples: int  # per task, a seeded subsample of the train split
+    eval_samples: int | None  # per task, of the val_test half; None = all of it
+    batch_size: int
+    lr: float
+    max_source_length: int
+
+
+PRESETS = {
+    "full": Settings(400, (2023, 2024, 2025), 2000, None, 16, 1e-3, 128),
+    "quick": Settings(150, (2023,), 1000, None, 16, 1e-3, 128),
+}
+
+
+@dataclass(frozen=True)
+class Group:
+    """Configurations shown together (one table, one plot panel), with the reference of
+    the table's gap column."""
+
+    title: str
+    configs: list[str]
+    reference: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: a configuration, a seed and the full recipe."""
+
+    config: str
+    seed: int
+    recipe: Recipe
+    threads: int
+
+
+# =============================================================================================
+# Recipes
+
+
+def encoder_recipe(
+    config: str, seed: int, settings: Settings, glue_dir: Path, run_dir: Path
+) -> Recipe:
+    """The recipe of one encoder run, built from the schema (no YAML file involved)."""
+    return Recipe.model_validate(
+        {
+            "model": {"name": "demo:minilm", "family": "encoder"},
+            "adapter": {
+                "r": RANK, "alpha": ALPHA, "dropout": 0.1, "targets": "bert", **CONFIGS[config]
+            },
+            "tasks": glue_tasks(TASKS, glue_dir, settings),
+            "data": {"max_source_length": settings.max_source_length, "sampling": "balanced"},
+            "train": training_section(settings, seed),
+            "output_dir": str(run_dir),
+        }
+    )  # fmt: skip
+
+
+def glue_tasks(names: Sequence[str], glue_dir: Path, settings: Settings) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "source": str(glue_dir / name),
+            "max_train_samples": settings.train_samples,
+            "max_eval_samples": settings.eval_samples,
+        }
+        for name in names
+    ]
+
+
+def training_section(settings: Settings, seed: int) -> dict[str, Any]:
+    return {
+        "lr": settings.lr,
+        "warmup_steps": settings.steps // 10,
+        "scheduler": "linear",
+        "batch_size": settings.batch_size,
+        "max_steps": settings.steps,
+        "eval_batch_size": 4 * settings.batch_size,
+        "log_every": 25,
+        "seed": seed,
+    }
+
+
+def check_glue_dir(glue_dir: Path, tasks: Sequence[str]) -> None:
+    missing = [t for t in tasks if not (glue_dir / t / "validation.jsonl").is_file()]
+    if missing:
+        sys.exit(
+            f"error: no GLUE data for {', '.join(missing)} under {glue_dir}; "
+            "point --glue-dir at the folder holding <task>/{train,validation}.jsonl"
+        )
+
+
+# =============================================================================================
+# Running
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one run (in its own worker process) unless a matching finished run exists."""
+    torch.set_num_threads(job.threads)
+    run_dir = Path(job.recipe.output_dir)
+    state = run_state(run_dir, job.recipe)
+    if state != "finished":
+        from more_cli.training import train  # heavy import, only where training happens
+
+        if state == "fresh":
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with output_to(run_dir.parent / f"{run_dir.name}.log", append=state == "resumable"):
+            train(job.recipe, resume=state == "resumable")
+    run = RunDir(run_dir)
+    report, info = read_json(run.eval), read_run_info(run) or {}
+    return {
+        "config": job.config,
+        "seed": job.seed,
+        "tasks": {task: report["tasks"][task] for task in job.recipe.task_names},
+        "average": report["average"],
+        "split": report["split"],
+        "parameters": info.get("parameters"),
+        "run_dir": str(run_dir),
+        "reused": state == "finished",
+    }
+
+
+def run_state(run_dir: Path, recipe: Recipe) -> str:
+    """What to do with ``run_dir`` for ``recipe``.
+
+    ``finished``: a finished run of exactly this recipe, with its eval.json: reuse it.
+    ``resumable``: an unfinished run of this recipe with a checkpoint (e.g. one stopped with
+    SIGTERM): resume it. ``fresh``: anything else: (re)train from scratch.
+    """
+    run = RunDir(run_dir)
+    info = read_run_info(run) if run.root.is_dir() else None
+    if info is None or not run.recipe.is_file():
+        return "fresh"
+    if load_recipe(run.recipe).model_dump(mode="json") != recipe.model_dump(mode="json"):
+        return "fresh"
+    if info.get("status") == "finished":
+        return "finished" if run.eval.is_file() else "fresh"
+    return "resumable" if latest_checkpoint(run) is not None else "fresh"
+
+
+@contextlib.contextmanager
+def output_to(path: Path, append: bool = False) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a" if append else "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_jobs(
+    jobs: Sequence[Job], workers: int, payload: dict[str, Any], out_path: Path
+) -> dict[str, Any]:
+    """Run ``jobs`` ``workers`` at a time; rewrite ``out_path`` after each finished run."""
+    payload |= {"runs": [], "failed": []}
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(run_job, job): job for job in jobs}
+        for done, future in enumerate(as_completed(futures), start=1):
+            job = futures[future]
+            elapsed = time.perf_counter() - started
+            try:
+                result = future.result()
+            except Exception as error:  # a failed run must not lose the others
+                failure = {"config": job.config, "seed": job.seed, "error": repr(error)}
+                payload["failed"].append(failure)
+                print(f"[{done}/{len(jobs)}] {job.config} seed {job.seed} FAILED: {error!r}")
+            else:
+                payload["runs"].append(result)
+                how = "reused" if result["reused"] else f"{elapsed / 60:.1f} min into the suite"
+                print(
+                    f"[{done}/{len(jobs)}] {job.config} seed {job.seed}: "
+                    f"average {result['average']:.2f} ({how})",
+                    flush=True,
+                )
+            payload["wall_minutes"] = round((time.perf_counter() - started) / 60, 2)
+            payload["summary"] = summarize(payload["runs"])
+            write_json(out_path, payload)
+    return payload
+
+
+# =============================================================================================
+# Summaries, tables, plots
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per configuration: mean and sample std over seeds of each headline and the average."""
+    summary: dict[str, Any] = {}
+    for config in dict.fromkeys(run["config"] for run in runs):
+        mine = sorted((r for r in runs if r["config"] == config), key=lambda r: r["seed"])
+        tasks = list(mine[0]["tasks"])
+        summary[config] = {
+            "seeds": [r["seed"] for r in mine],
+            "tasks": {t: mean_std([r["tasks"][t]["headline"] for r in mine]) for t in tasks},
+            "average": mean_std([r["average"] for r in mine]),
+            "parameters": mine[0]["parameters"],
+        }
+    return summary
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std}
+
+
+def cell(stat: dict[str, float | None]) -> str:
+    text = f"{stat['mean']:.1f}"
+    return text if stat["std"] is None else f"{text} ± {stat['std']:.1f}"
+
+
+def markdown_table(summary: dict[str, Any], configs: Sequence[str], reference: str) -> str:
+    """Headline metrics (0-100) per task, the average, and the average's gap to ``reference``."""
+    present = [c for c in configs if c in summary]
+    if not present:
+        return ""
+    tasks = list(summary[present[0]]["tasks"])
+    header = [f"{t} {HEADLINE_NAMES.get(t, '')}".strip() for t in tasks]
+    lines = [
+        "| config | seeds | trainable params | " + " | ".join(header)
+        + f" | average | Δ avg vs {reference} |",
+        "|---|---:|---:|" + "---:|" * (len(tasks) + 2),
+    ]  # fmt: skip
+    ref = summary.get(reference)
+    for config in present:
+        row = summary[config]
+        params = row["parameters"]["total"] if row["parameters"] else None
+        gap = (
+            f"{row['average']['mean'] - ref['average']['mean']:+.1f}"
+            if ref and config != reference
+            else "—"
+        )
+        cells = [cell(row["tasks"][t]) for t in tasks]
+        lines.append(
+            f"| {config} | {len(row['seeds'])} | {params / 1e3:.0f}k | "
+            + " | ".join(cells)
+            + f" | **{cell(row['average'])}** | {gap} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], groups: Sequence[Group], path: Path, title: str) -> None:
+    """Grouped bars (one panel per group of configurations): headline per task and average."""
+    panels = [(g.title, [c for c in g.configs if c in summary]) for g in groups]
+    panels = [(name, configs) for name, configs in panels if configs]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
+    for ax, (name, configs) in zip(axes[0], panels, strict=True):
+        tasks = list(summary[configs[0]]["tasks"])
+        columns = [*tasks, "average"]
+        width = 0.8 / len(configs)
+        for i, config in enumerate(configs):
+            stats = [summary[config]["tasks"][t] for t in tasks] + [summary[config]["average"]]
+            xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(columns))]
+            errors = [s["std"] for s in stats]
+            yerr = None if None in errors else errors
+            ax.bar(xs, [s["mean"] for s in stats], width, yerr=yerr, capsize=2, label=config)
+        ax.set_xticks(range(len(columns)))
+        ax.set_xticklabels([f"{c}\n{HEADLINE_NAMES.get(c, '')}" for c in columns])
+        ax.set_ylabel("score (0-100)")
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def report(payload: dict[str, Any], groups: Sequence[Group]) -> str:
+    """The Markdown tables of a results payload, one per group."""
+    parts = []
+    for group in groups:
+        table = markdown_table(payload["summary"], group.configs, group.reference)
+        if table:
+            parts.append(f"{group.title}:\n\n{table}")
+    return "\n\n".join(parts)
+
+
+# =============================================================================================
+# Command line
+
+
+def base_parser(description: str, presets: dict[str, Settings]) -> argparse.ArgumentParser:
+    """Options shared with the decoder suite."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    parser.add_argument("--steps", type=int, help="override the preset's optimizer steps")
+    parser.add_argument("--train-samples", type=int, help="override the per-task train subsample")
+    parser.add_argument("--eval-samples", type=int, help="cap the per-task test rows")
+    parser.add_argument("--glue-dir", type=Path, default=DEFAULT_GLUE_DIR)
+    parser.add_argument("--workers", type=int, default=2, help="runs trained at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="JSON and PNG folder")
+    parser.add_argument(
+        "--work-dir", type=Path, help="run directories (default: runs/bench-<suite>-<mode>)"
+    )
+    parser.add_argument("--report", action="store_true", help="tables and plot from the JSON")
+    parser.epilog = "presets: " + "; ".join(f"{k}: {v}" for k, v in presets.items())
+    return parser
+
+
+def chosen_settings(args: argparse.Namespace, presets: dict[str, Settings]) -> Settings:
+    settings = presets["quick" if args.quick else "full"]
+    overrides = {
+        "seeds": tuple(args.seeds) if args.seeds else None,
+        "steps": args.steps,
+        "train_samples": args.train_samples,
+        "eval_samples": args.eval_samples,
+    }
+    return Settings(**asdict(settings) | {k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0], PRESETS)
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    args_given = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(args_given)
+    mode = "quick" if args.quick else "full"
+    suffix = "" if mode == "full" else f"_{mode}"
+    out_json = args.out_dir / f"quality{suffix}.json"
+    out_png = args.out_dir / f"quality{suffix}.png"
+    groups = [
+        Group("methods", [c for c in METHODS if c in args.configs], reference="lora"),
+        Group("MoRE ablations", ["more", *(c for c in ABLATIONS if c in args.configs)], "more"),
+    ]
+    title = "MiniLM-L6, multi-task GLUE (val_test halves)"
+    if args.report:
+        payload = read_json(out_json)
+    else:
+        settings = chosen_settings(args, PRESETS)
+        glue_dir = args.glue_dir.resolve()
+        check_glue_dir(glue_dir, TASKS)
+        work_dir = (args.work_dir or REPO_ROOT / "runs" / f"bench-quality-{mode}").resolve()
+        # Methods first, then ablations; seed by seed within each, so partial results of a
+        # long suite cover whole seeds of the main comparison.
+        jobs = [
+            Job(config, seed, encoder_recipe(config, seed, settings, glue_dir,
+                                             work_dir / f"{config}-s{seed}"), args.threads)
+            for group in (METHODS, ABLATIONS)
+            for seed in settings.seeds
+            for config in group
+            if config in args.configs
+        ]  # fmt: skip
+        payload = {
+            "suite": "quality",
+            "mode": mode,
+            "command": shlex.join(["python", "-m", "benchmarks.quality", *args_given]),
+            "model": "demo:minilm (all-MiniLM-L6-v2)",
+            "tasks": list(TASKS),
+            "settings": asdict(settings) | {"r": RANK, "alpha": ALPHA, "targets": "bert"},
+            "configs": {c: CONFIGS[c] for c in args.configs},
+            "environment": environment(torch.device("cpu"))
+            | {"workers": args.workers, "threads_per_worker": args.threads},
+        }
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+        payload = run_jobs(jobs, args.workers, payload, out_json)
+    if payload["runs"]:
+        plot(payload["summary"], groups, out_png, title)
+    print(report(payload, groups))
+
+
+if __name__ == "__main__":
+    main()
