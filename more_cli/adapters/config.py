@@ -16,7 +16,8 @@ AdapterKind = Literal["more", "lora", "multilora", "moelora", "mosld"]
 TARGET_PRESETS: dict[str, list[str]] = {
     "t5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    # Not the pooler: heads read the first token, and an unused adapter breaks DDP.
+    # Not the pooler: the task heads mean-pool the last hidden states, so an adapter on the
+    # pooler would sit outside the graph (and an unused parameter breaks DDP).
     "bert": ["query", "key", "value", r".*\.(intermediate|output)\.dense"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }

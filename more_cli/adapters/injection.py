@@ -306,12 +306,8 @@ def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _is_causal_decoder(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    can_generate = getattr(model, "can_generate", None)
-    return bool(can_generate and can_generate())
+def _is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 def inject_adapter(
@@ -340,7 +336,7 @@ def inject_adapter(
     for param in model.parameters():
         param.requires_grad_(False)
     adapter = MultiTaskAdapter(model, config, list(tasks))
-    pooling = "mean" if _is_causal_decoder(model) else "first"
+    pooling = "first" if _is_encoder_decoder(model) else "mean"
     for index, path in enumerate(paths):
         base = model.get_submodule(path)
         layer = AdapterLayer(base, config, len(tasks), index, adapter.context)

@@ -48,9 +48,10 @@ class AdapterLayer(nn.Module):
         self.index = index
         self.cl_temperature = config.cl_temperature
         self.wants_contrastive = config.uses_router and config.cl_weight > 0
-        # What the contrastive loss reads of the layer input: the first token (the task
-        # prefix of an encoder input), or the mean over positions in a causal decoder, whose
-        # first token never sees the rest of the input. Set by inject_adapter.
+        # What the contrastive loss reads of the layer input: the first token in T5-style
+        # models (the task prefix word), else the mean over positions: a causal decoder's
+        # first token never sees the rest of the input, and a BERT-style input starts with
+        # [CLS], the same for every input at the first layer. Set by inject_adapter.
         self.cl_pooling = "first"
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.gate_dropout = config.dropout
