@@ -53,7 +53,7 @@ def test_a_different_width_is_refused(tmp_path) -> None:
     saved_adapter(tmp_path, family="bert")
     wider = BUILDERS["bert"]()
     config = wider.config
-    config.hidden_size, config.intermediate_size = 32, 64
+    config.hidden_size, config.intermediate_size = 64, 128
     from transformers import BertModel
 
     with pytest.raises(UserError, match="does not fit this model: layer"):
