@@ -40,6 +40,7 @@ from transformers import (
 from more_cli.adapters.state import read_weights
 from more_cli.errors import UserError
 from more_cli.recipe import ModelConfig, QuantizationConfig
+from more_cli.sharded import copy_whole_into, whole
 from more_cli.tasks import Task
 
 Family = Literal["seq2seq", "decoder", "encoder"]
@@ -161,6 +162,11 @@ class TaskHeadModel(nn.Module):
     def config(self) -> PretrainedConfig:
         return self.backbone.config
 
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The backbone's block classes, which accelerate's FSDP auto-wrap policy shards."""
+        return getattr(self.backbone, "_no_split_modules", None)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -211,14 +217,25 @@ def adapter_host(model: nn.Module) -> nn.Module:
     return model.backbone if isinstance(model, TaskHeadModel) else model
 
 
-def save_heads(model: nn.Module, directory: Path) -> None:
-    """Write the encoder heads (if any) as ``heads.safetensors`` into ``directory``."""
-    if isinstance(model, TaskHeadModel):
-        tensors = {
-            f"{spec.task}.{name}": param.detach().contiguous()
-            for spec, head in zip(model.specs, model.heads, strict=True)
-            for name, param in head.named_parameters()
-        }
+def head_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder heads' tensors as ``<task>.<name>``, whole and on the CPU (empty for
+    seq2seq / decoder models). Under FSDP2 this gathers shards: every process calls it."""
+    if not isinstance(model, TaskHeadModel):
+        return {}
+    return {
+        f"{spec.task}.{name}": whole(param.detach()).contiguous().cpu()
+        for spec, head in zip(model.specs, model.heads, strict=True)
+        for name, param in head.named_parameters()
+    }
+
+
+def save_heads(
+    model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write the encoder heads (if any) as ``heads.safetensors`` into ``directory``;
+    ``tensors`` are those :func:`head_tensors` already gathered."""
+    tensors = head_tensors(model) if tensors is None else tensors
+    if tensors:
         save_file(tensors, str(directory / HEADS_FILE))
 
 
@@ -230,16 +247,15 @@ def load_heads(model: nn.Module, directory: Path) -> None:
     if not path.is_file():
         raise UserError(f"{directory} has no {HEADS_FILE}; it was not saved from an encoder run")
     tensors = read_weights(path)
-    with torch.no_grad():
-        for spec, head in zip(model.specs, model.heads, strict=True):
-            for name, param in head.named_parameters():
-                key = f"{spec.task}.{name}"
-                if key not in tensors or tensors[key].shape != param.shape:
-                    raise UserError(
-                        f"{path} does not match this run's task heads (missing or resized "
-                        f"{key}); evaluate with the recipe the run was trained with"
-                    )
-                param.copy_(tensors[key])
+    for spec, head in zip(model.specs, model.heads, strict=True):
+        for name, param in head.named_parameters():
+            key = f"{spec.task}.{name}"
+            if key not in tensors or tensors[key].shape != param.shape:
+                raise UserError(
+                    f"{path} does not match this run's task heads (missing or resized "
+                    f"{key}); evaluate with the recipe the run was trained with"
+                )
+            copy_whole_into(param, tensors[key])
 
 
 # ---------------------------------------------------------------------------------------------

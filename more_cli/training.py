@@ -59,11 +59,18 @@ from torch.utils.data import DataLoader
 
 from more_cli import data as data_lib
 from more_cli.adapters import MultiTaskAdapter, inject_adapter, load_adapter_weights, save_adapter
-from more_cli.adapters.state import check_same_adapter, read_weights
+from more_cli.adapters.state import adapter_tensors, check_same_adapter, read_weights
 from more_cli.errors import UserError
 from more_cli.evaluation import predict
 from more_cli.launch import use_cpu_process_group
-from more_cli.modeling import HeadSpec, adapter_host, load_base, load_heads, save_heads
+from more_cli.modeling import (
+    HeadSpec,
+    adapter_host,
+    head_tensors,
+    load_base,
+    load_heads,
+    save_heads,
+)
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
 from more_cli.run_loading import load_run
@@ -82,6 +89,7 @@ from more_cli.rundir import (
     truncate_metrics,
     write_run_info,
 )
+from more_cli.sharded import shard_like, whole
 from more_cli.tasks import Task, compute_metrics, get_task, glue_average
 from more_cli.transfer import old_task_names, resolve_transfer, start_transfer
 
@@ -310,18 +318,33 @@ def _make_accelerator(recipe: Recipe, run: RunDir) -> Accelerator:
         log_with=list(recipe.train.trackers) or None,
         project_dir=str(run.root),
     )
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        # Both shard parameters or optimizer state across processes, while checkpoints,
-        # evaluation and adapter/ read whole tensors on the main process: refuse rather
-        # than write a partial adapter.
+    _check_engine(accelerator, recipe)
+    return accelerator
+
+
+def _check_engine(accelerator: Accelerator, recipe: Recipe) -> None:
+    """Refuse the accelerate engines whose sharded state this loop cannot save and restore."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise UserError(
-            f"more train does not support {accelerator.distributed_type.value} yet",
+            "more train does not support DeepSpeed yet",
             details=[
-                "use data parallelism: more train RECIPE --num-processes N (docs/scaling.md)",
-                "for a base too large for one GPU, load it in 4 bits: model.load_in_4bit=true",
+                "shard the base with FSDP2 instead: --accelerate-config "
+                "recipes/accelerate/fsdp.yaml (docs/scaling.md)",
+                "or use data parallelism: more train RECIPE --num-processes N",
             ],
         )
-    return accelerator
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    if accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise UserError(
+            "more train supports FSDP2 only, and this accelerate config asks for FSDP1",
+            details=["set fsdp_version: 2 under fsdp_config (recipes/accelerate/fsdp.yaml)"],
+        )
+    if recipe.model.load_in_4bit:
+        raise UserError(
+            "a 4-bit base cannot be sharded with FSDP by more train",
+            details=["train a 4-bit base with data parallelism: --num-processes N"],
+        )
 
 
 def _setup(recipe: Recipe, run: RunDir) -> Session:
@@ -344,6 +367,8 @@ def _setup(recipe: Recipe, run: RunDir) -> Session:
         optimizer, _lr_factor(recipe.train.scheduler, recipe.train.warmup_steps, total_steps)
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.is_main_process:
+        print(f"model sharded with FSDP2 across {accelerator.num_processes} processes", flush=True)
     return Session(
         recipe, run, accelerator, tasks, family, tokenizer, model, adapter,
         optimizer, scheduler, batches, total_steps,
@@ -718,12 +743,14 @@ def _finish(session: Session) -> None:
     if state.best_step is not None and state.best_step != state.step:
         best = run.checkpoint(state.best_step) / "adapter"
         load_adapter_weights(session.adapter, best)
-        load_heads(acc.unwrap_model(session.model), best)
+        load_heads(_model(session), best)
+    # Every process gathers and evaluates (under FSDP2 both need all of them); main writes.
+    adapter, heads = adapter_tensors(session.adapter), head_tensors(_model(session))
+    report = _evaluate_in_training(session, _test_split(session.recipe))
+    report["source"] = "adapter"
     if acc.is_main_process:
         with atomic_directory(run.adapter) as directory:
-            _write_adapter(session, directory)
-        report = _evaluate_in_training(session, _test_split(session.recipe))
-        report["source"] = "adapter"
+            _write_adapter(session, directory, adapter, heads)
         atomic_write_json(run.eval, report)
         write_run_info(
             run, status="finished", step=state.step, best_step=state.best_step,
@@ -738,27 +765,43 @@ def _finish(session: Session) -> None:
 # Checkpoints
 
 
-def _write_adapter(session: Session, directory: Path) -> None:
-    save_adapter(session.adapter, directory)
-    save_heads(session.accelerator.unwrap_model(session.model), directory)
+def _model(session: Session) -> nn.Module:
+    return session.accelerator.unwrap_model(session.model)
+
+
+def _write_adapter(
+    session: Session,
+    directory: Path,
+    adapter: dict[str, torch.Tensor],
+    heads: dict[str, torch.Tensor],
+) -> None:
+    save_adapter(session.adapter, directory, adapter)
+    save_heads(_model(session), directory, heads)
 
 
 def _save_checkpoint(session: Session) -> None:
     """``checkpoints/step-N``: adapter/ + trainer/ (optimizer, scheduler, sampler, RNG)."""
     acc, run, state = session.accelerator, session.run, session.state
+    # Gathered on every process (a collective under FSDP2), written by the main one.
+    adapter, heads = adapter_tensors(session.adapter), head_tensors(_model(session))
+    optimizer_tensors, optimizer_rest = _split_optimizer_state(session.optimizer.state_dict())
     if acc.is_main_process and not is_complete(run.checkpoint(state.step)):
         with atomic_directory(run.checkpoint(state.step)) as directory:
-            _write_adapter(session, directory / "adapter")
-            _write_trainer_state(session, directory / "trainer")
+            _write_adapter(session, directory / "adapter", adapter, heads)
+            _write_trainer_state(session, directory / "trainer", optimizer_tensors, optimizer_rest)
             mark_complete(directory)
         prune_checkpoints(run, session.recipe.train.keep_checkpoints, state.best_step)
         write_run_info(run, status="running", step=state.step, best_step=state.best_step)
     acc.wait_for_everyone()
 
 
-def _write_trainer_state(session: Session, directory: Path) -> None:
+def _write_trainer_state(
+    session: Session,
+    directory: Path,
+    optimizer_tensors: dict[str, torch.Tensor],
+    optimizer_rest: dict[str, Any],
+) -> None:
     directory.mkdir()
-    optimizer_tensors, optimizer_rest = _split_optimizer_state(session.optimizer.state_dict())
     save_file(optimizer_tensors, str(directory / "optimizer.safetensors"))
     save_file(_torch_rng_state(), str(directory / "rng.safetensors"))
     scaler = session.accelerator.scaler
@@ -781,12 +824,14 @@ def _restore_checkpoint(session: Session, checkpoint: Path) -> None:
     """Load everything :func:`_save_checkpoint` wrote; drop metrics logged after it."""
     check_same_adapter(session.adapter, checkpoint / "adapter")
     load_adapter_weights(session.adapter, checkpoint / "adapter")
-    load_heads(session.accelerator.unwrap_model(session.model), checkpoint / "adapter")
+    load_heads(_model(session), checkpoint / "adapter")
     trainer = checkpoint / "trainer"
     saved = read_json(trainer / "state.json")
     session.state = TrainerState(**saved["trainer"])
     tensors = read_weights(trainer / "optimizer.safetensors")
-    session.optimizer.load_state_dict(_join_optimizer_state(tensors, saved["optimizer"]))
+    session.optimizer.load_state_dict(
+        _join_optimizer_state(tensors, saved["optimizer"], _optimized_parameters(session))
+    )
     session.scheduler.load_state_dict(saved["scheduler"])
     session.batches.load_state_dict(saved["sampler"])
     if saved["grad_scaler"] is not None and session.accelerator.scaler is not None:
@@ -801,24 +846,40 @@ def _restore_checkpoint(session: Session, checkpoint: Path) -> None:
 
 
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Optimizer state as safetensors tensors (``<param>.<key>``) + a JSON remainder."""
+    """Optimizer state as whole safetensors tensors (``<param>.<key>``) + a JSON remainder.
+
+    Under FSDP2 the state of a sharded parameter is sharded too: gathering it is a
+    collective, so every process calls this.
+    """
     tensors: dict[str, torch.Tensor] = {}
     rest: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
     for index, values in state["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+                tensors[f"{index}.{key}"] = whole(value.detach()).contiguous().cpu()
             else:
                 rest["state"].setdefault(str(index), {})[key] = value
     return tensors, rest
 
 
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+def _join_optimizer_state(
+    tensors: dict[str, torch.Tensor], rest: dict[str, Any], parameters: list[torch.Tensor]
+) -> dict[str, Any]:
+    """The optimizer state dict from :func:`_split_optimizer_state`'s parts; the state of a
+    sharded parameter (``parameters`` in optimizer order) is cut to this process's shard."""
     state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in rest["state"].items()}
     for name, tensor in tensors.items():
         index, key = name.split(".", 1)
+        parameter = parameters[int(index)]
+        if tensor.shape == parameter.shape:  # moments follow the parameter; `step` does not
+            tensor = shard_like(tensor, parameter)
         state.setdefault(int(index), {})[key] = tensor
     return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _optimized_parameters(session: Session) -> list[torch.Tensor]:
+    """The optimizer's parameters in the order its state dict numbers them."""
+    return [p for group in session.optimizer.param_groups for p in group["params"]]
 
 
 def _torch_rng_state() -> dict[str, torch.Tensor]:

@@ -153,3 +153,59 @@ def test_two_processes_match_one_with_the_same_global_batch(
     assert done.returncode == 0, done.stderr[-3000:]
     for key, value in final.items():
         assert torch.equal(_adapter(two)[key], value), key
+
+
+def _launch_fsdp(*args: str) -> subprocess.CompletedProcess:
+    """``more train`` under accelerate launch with the shipped FSDP2 config, 2 processes,
+    through the shim that lets accelerate's FSDP engine run on this CPU-only machine."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    config = ["--config_file", str(ROOT / "recipes" / "accelerate" / "fsdp.yaml")]
+    return subprocess.run(
+        [*launch, *config, "--num_processes", "2", "--mixed_precision", "no",
+         "-m", "tests.helpers.fsdp_on_cpu", "train", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_the_model_and_ends_where_one_process_does(
+    write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Same comparison as the DDP test above, with every block of the model (base, adapter)
+    # sharded across the two processes: checkpoints and adapter/ must hold whole tensors.
+    train_cfg = {"batch_size": 2, "max_steps": 4, "save_every": 2, "log_every": 2}
+    recipe = write_recipe("decoder", train=train_cfg)
+    fsdp = tmp_path / "fsdp"
+    done = _launch_fsdp(str(recipe), "-o", str(fsdp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sharded with FSDP2" in done.stdout
+    one = train(load_recipe(recipe, ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
+    for key, value in _adapter(one).items():
+        torch.testing.assert_close(_adapter(fsdp)[key], value, atol=1e-5, rtol=0, msg=key)
+    assert read_run_info(RunDir(fsdp))["status"] == "finished"
+
+    # Resume under FSDP2 from the step-2 checkpoint (whole optimizer moments, cut back
+    # into shards): it ends where the run did.
+    final = _adapter(fsdp)
+    shutil.rmtree(fsdp / "checkpoints" / "step-4")
+    shutil.rmtree(fsdp / "adapter")
+    write_run_info(RunDir(fsdp), status="interrupted", step=2)
+    done = _launch_fsdp(str(fsdp), "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for key, value in final.items():
+        assert torch.equal(_adapter(fsdp)[key], value), key
+
+
+@pytest.mark.slow
+def test_fsdp2_encoder_run_gathers_its_task_heads(
+    write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = write_recipe("encoder", train={"max_steps": 2, "log_every": 1})
+    run = tmp_path / "fsdp"
+    done = _launch_fsdp(str(recipe), "-o", str(run))
+    assert done.returncode == 0, done.stderr[-3000:]
+    heads = load_file(str(run / "adapter" / "heads.safetensors"))
+    hidden = json.loads((Path(load_recipe(recipe).model.name) / "config.json").read_text())
+    assert heads["sst2.weight"].shape == (2, hidden["hidden_size"])
+    assert set(json.loads((run / "eval.json").read_text())["tasks"]) == {"sst2", "rte"}

@@ -140,12 +140,12 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
 ) -> None:
     original = training._write_trainer_state
 
-    def disk_full_at_step_2(session: training.Session, directory: Path) -> None:
+    def disk_full_at_step_2(session: training.Session, directory: Path, *state: object) -> None:
         if session.state.step == 2:
             directory.mkdir()
             (directory / "optimizer.safetensors").write_bytes(b"\0" * 10)
             raise OSError(28, "No space left on device")
-        original(session, directory)
+        original(session, directory, *state)
 
     recipe = load_recipe(write_recipe(train={"max_steps": 3, "save_every": 1}))
     with monkeypatch.context() as patch:

@@ -19,6 +19,7 @@ from more_cli.adapters.config import AdapterConfig
 from more_cli.adapters.injection import MultiTaskAdapter, inject_adapter
 from more_cli.atomic import atomic_write_bytes
 from more_cli.errors import UserError
+from more_cli.sharded import copy_whole_into, whole
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
@@ -37,10 +38,21 @@ def _describe(adapter: MultiTaskAdapter) -> dict:
     }
 
 
-def save_adapter(adapter: MultiTaskAdapter, directory: str | Path) -> Path:
-    """Write the adapter's weights and description into ``directory`` (each file atomically)."""
+def adapter_tensors(adapter: MultiTaskAdapter) -> dict[str, torch.Tensor]:
+    """The adapter's tensors by name, whole and on the CPU. Under FSDP2 this gathers the
+    shards of every process: all of them call it."""
+    return {k: whole(v).contiguous().cpu() for k, v in adapter.state_dict().items()}
+
+
+def save_adapter(
+    adapter: MultiTaskAdapter,
+    directory: str | Path,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the adapter's weights and description into ``directory`` (each file atomically);
+    ``tensors`` are those :func:`adapter_tensors` already gathered."""
     directory = Path(directory)
-    tensors = {k: v.contiguous().cpu() for k, v in adapter.state_dict().items()}
+    tensors = adapter_tensors(adapter) if tensors is None else tensors
     atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     text = json.dumps(_describe(adapter), indent=2)
     atomic_write_bytes(directory / CONFIG_FILE, text.encode())
@@ -165,6 +177,5 @@ def load_adapter_weights(adapter: MultiTaskAdapter, directory: str | Path) -> No
                 f"{path}: tensor {key} has shape {tuple(tensor.shape)}, the adapter expects "
                 f"{tuple(current[key].shape)}"
             )
-    with torch.no_grad():
-        for key, tensor in saved.items():
-            current[key].copy_(tensor.to(current[key].dtype))
+    for key, tensor in saved.items():
+        copy_whole_into(current[key], tensor)
