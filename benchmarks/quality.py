@@ -15,7 +15,7 @@ are kept: a finished run of the same recipe is reused, and an unfinished one wit
 checkpoint (SIGTERM a worker to save one) is resumed, so a stopped suite continues where it
 left off. The results JSON is rewritten after every run, so partial results survive.
 
-    python -m benchmarks.quality --quick        # 9 configurations x 1 seed, 150 steps
+    python -m benchmarks.quality --quick        # 9 configurations x 1 seed, 100 steps
     python -m benchmarks.quality                # 9 configurations x 3 seeds, 400 steps
     python -m benchmarks.quality --configs lora more --seeds 2023
     python -m benchmarks.quality --quick --report    # tables and plot from the JSON only
@@ -92,7 +92,7 @@ class Settings:
 
 PRESETS = {
     "full": Settings(400, (2023, 2024, 2025), 2000, None, 16, 1e-3, 128),
-    "quick": Settings(150, (2023,), 1000, None, 16, 1e-3, 128),
+    "quick": Settings(100, (2023,), 1000, None, 16, 1e-3, 128),
 }
 
 
