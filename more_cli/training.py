@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -50,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from safetensors.torch import save_file
@@ -58,6 +60,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from more_cli import data as data_lib
+from more_cli import engines
 from more_cli.adapters import MultiTaskAdapter, inject_adapter, load_adapter_weights, save_adapter
 from more_cli.adapters.state import adapter_tensors, check_same_adapter, read_weights
 from more_cli.errors import UserError
@@ -318,33 +321,8 @@ def _make_accelerator(recipe: Recipe, run: RunDir) -> Accelerator:
         log_with=list(recipe.train.trackers) or None,
         project_dir=str(run.root),
     )
-    _check_engine(accelerator, recipe)
+    engines.check_engine(accelerator, recipe)
     return accelerator
-
-
-def _check_engine(accelerator: Accelerator, recipe: Recipe) -> None:
-    """Refuse the accelerate engines whose sharded state this loop cannot save and restore."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise UserError(
-            "more train does not support DeepSpeed yet",
-            details=[
-                "shard the base with FSDP2 instead: --accelerate-config "
-                "recipes/accelerate/fsdp.yaml (docs/scaling.md)",
-                "or use data parallelism: more train RECIPE --num-processes N",
-            ],
-        )
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return
-    if accelerator.state.fsdp_plugin.fsdp_version != 2:
-        raise UserError(
-            "more train supports FSDP2 only, and this accelerate config asks for FSDP1",
-            details=["set fsdp_version: 2 under fsdp_config (recipes/accelerate/fsdp.yaml)"],
-        )
-    if recipe.model.load_in_4bit:
-        raise UserError(
-            "a 4-bit base cannot be sharded with FSDP by more train",
-            details=["train a 4-bit base with data parallelism: --num-processes N"],
-        )
 
 
 def _setup(recipe: Recipe, run: RunDir) -> Session:
@@ -366,9 +344,11 @@ def _setup(recipe: Recipe, run: RunDir) -> Session:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(recipe.train.scheduler, recipe.train.warmup_steps, total_steps)
     )
+    engines.configure(accelerator, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if accelerator.distributed_type == DistributedType.FSDP and accelerator.is_main_process:
-        print(f"model sharded with FSDP2 across {accelerator.num_processes} processes", flush=True)
+    description = engines.describe(accelerator)
+    if description and accelerator.is_main_process:
+        print(description, flush=True)
     return Session(
         recipe, run, accelerator, tasks, family, tokenizer, model, adapter,
         optimizer, scheduler, batches, total_steps,
@@ -784,25 +764,37 @@ def _save_checkpoint(session: Session) -> None:
     acc, run, state = session.accelerator, session.run, session.state
     # Gathered on every process (a collective under FSDP2), written by the main one.
     adapter, heads = adapter_tensors(session.adapter), head_tensors(_model(session))
-    optimizer_tensors, optimizer_rest = _split_optimizer_state(session.optimizer.state_dict())
+    optimizer_tensors, optimizer_rest, engine_state = None, None, None
+    if engines.is_deepspeed(acc):  # every process writes its optimizer partition
+        engine_state = run.checkpoints / f".tmp-engine-step-{state.step}"
+        engines.save_engine_state(session.model, engine_state)
+        acc.wait_for_everyone()
+    else:
+        optimizer_tensors, optimizer_rest = _split_optimizer_state(session.optimizer.state_dict())
     if acc.is_main_process and not is_complete(run.checkpoint(state.step)):
         with atomic_directory(run.checkpoint(state.step)) as directory:
             _write_adapter(session, directory / "adapter", adapter, heads)
             _write_trainer_state(session, directory / "trainer", optimizer_tensors, optimizer_rest)
+            if engine_state is not None:
+                os.replace(engine_state, directory / "trainer" / engines.ENGINE_STATE_DIR)
             mark_complete(directory)
         prune_checkpoints(run, session.recipe.train.keep_checkpoints, state.best_step)
         write_run_info(run, status="running", step=state.step, best_step=state.best_step)
+    elif acc.is_main_process and engine_state is not None:
+        shutil.rmtree(engine_state, ignore_errors=True)
     acc.wait_for_everyone()
 
 
 def _write_trainer_state(
     session: Session,
     directory: Path,
-    optimizer_tensors: dict[str, torch.Tensor],
-    optimizer_rest: dict[str, Any],
+    optimizer_tensors: dict[str, torch.Tensor] | None,
+    optimizer_rest: dict[str, Any] | None,
 ) -> None:
+    """Loop state as JSON and safetensors; the optimizer's too, unless DeepSpeed holds it."""
     directory.mkdir()
-    save_file(optimizer_tensors, str(directory / "optimizer.safetensors"))
+    if optimizer_tensors is not None:
+        save_file(optimizer_tensors, str(directory / "optimizer.safetensors"))
     save_file(_torch_rng_state(), str(directory / "rng.safetensors"))
     scaler = session.accelerator.scaler
     atomic_write_json(
@@ -828,10 +820,7 @@ def _restore_checkpoint(session: Session, checkpoint: Path) -> None:
     trainer = checkpoint / "trainer"
     saved = read_json(trainer / "state.json")
     session.state = TrainerState(**saved["trainer"])
-    tensors = read_weights(trainer / "optimizer.safetensors")
-    session.optimizer.load_state_dict(
-        _join_optimizer_state(tensors, saved["optimizer"], _optimized_parameters(session))
-    )
+    _restore_optimizer(session, trainer, saved["optimizer"])
     session.scheduler.load_state_dict(saved["scheduler"])
     session.batches.load_state_dict(saved["sampler"])
     if saved["grad_scaler"] is not None and session.accelerator.scaler is not None:
@@ -843,6 +832,24 @@ def _restore_checkpoint(session: Session, checkpoint: Path) -> None:
     if session.accelerator.is_main_process:
         truncate_metrics(session.run.metrics, after_step=session.state.step)
         write_run_info(session.run, status="running", step=session.state.step)
+
+
+def _restore_optimizer(session: Session, trainer: Path, rest: dict[str, Any] | None) -> None:
+    engine_state = trainer / engines.ENGINE_STATE_DIR
+    if engine_state.is_dir() != engines.is_deepspeed(session.accelerator):
+        written = "under DeepSpeed" if engine_state.is_dir() else "without DeepSpeed"
+        raise UserError(
+            f"{trainer.parent} was written {written}; its optimizer state cannot be "
+            "restored under this accelerate set-up",
+            details=["resume with the accelerate config (and process count) the run used"],
+        )
+    if engine_state.is_dir():
+        engines.load_engine_state(session.model, engine_state)
+        return
+    tensors = read_weights(trainer / "optimizer.safetensors")
+    session.optimizer.load_state_dict(
+        _join_optimizer_state(tensors, rest, _optimized_parameters(session))
+    )
 
 
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -12,6 +12,7 @@ weights after 4 AdamW steps at lr 0.01) leaves room for that and nothing else.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -155,46 +156,66 @@ def test_two_processes_match_one_with_the_same_global_batch(
         assert torch.equal(_adapter(two)[key], value), key
 
 
-def _launch_fsdp(*args: str) -> subprocess.CompletedProcess:
-    """``more train`` under accelerate launch with the shipped FSDP2 config, 2 processes,
-    through the shim that lets accelerate's FSDP engine run on this CPU-only machine."""
+def _launch(engine: str, *args: str) -> subprocess.CompletedProcess:
+    """``more train`` under accelerate launch with the shipped ``<engine>.yaml`` config and 2
+    processes, through the shim that lets accelerate's engine run on this CPU-only machine."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    config = ["--config_file", str(ROOT / "recipes" / "accelerate" / "fsdp.yaml")]
+    config = ["--config_file", str(ROOT / "recipes" / "accelerate" / f"{engine}.yaml")]
     return subprocess.run(
         [*launch, *config, "--num_processes", "2", "--mixed_precision", "no",
-         "-m", "tests.helpers.fsdp_on_cpu", "train", *args],
+         "-m", "tests.helpers.engines_on_cpu", "train", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
 @pytest.mark.slow
-def test_fsdp2_shards_the_model_and_ends_where_one_process_does(
-    write_recipe: Callable[..., Path], tmp_path: Path
+@pytest.mark.parametrize(
+    "engine, banner",
+    [
+        ("fsdp", "model sharded with FSDP2"),
+        pytest.param(
+            "deepspeed", "DeepSpeed ZeRO stage 2",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("deepspeed") is None,
+                reason="deepspeed is not installed (pip install -e '.[deepspeed]')",
+            ),
+        ),
+    ],
+)  # fmt: skip
+def test_sharded_engines_end_where_one_process_does_and_resume(
+    engine: str, banner: str, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
-    # Same comparison as the DDP test above, with every block of the model (base, adapter)
-    # sharded across the two processes: checkpoints and adapter/ must hold whole tensors.
+    # Same comparison as the DDP test above. FSDP2 shards every block of the model (base,
+    # adapter) across the two processes, DeepSpeed ZeRO-2 the optimizer state: adapter/
+    # and checkpoints must still hold the whole adapter.
     train_cfg = {"batch_size": 2, "max_steps": 4, "save_every": 2, "log_every": 2}
     recipe = write_recipe("decoder", train=train_cfg)
-    fsdp = tmp_path / "fsdp"
-    done = _launch_fsdp(str(recipe), "-o", str(fsdp))
+    run = tmp_path / engine
+    done = _launch(engine, str(recipe), "-o", str(run))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "sharded with FSDP2" in done.stdout
+    assert banner in done.stdout
     one = train(load_recipe(recipe, ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
     for key, value in _adapter(one).items():
-        torch.testing.assert_close(_adapter(fsdp)[key], value, atol=1e-5, rtol=0, msg=key)
-    assert read_run_info(RunDir(fsdp))["status"] == "finished"
+        torch.testing.assert_close(_adapter(run)[key], value, atol=1e-5, rtol=0, msg=key)
+    assert read_run_info(RunDir(run))["status"] == "finished"
 
-    # Resume under FSDP2 from the step-2 checkpoint (whole optimizer moments, cut back
-    # into shards): it ends where the run did.
-    final = _adapter(fsdp)
-    shutil.rmtree(fsdp / "checkpoints" / "step-4")
-    shutil.rmtree(fsdp / "adapter")
-    write_run_info(RunDir(fsdp), status="interrupted", step=2)
-    done = _launch_fsdp(str(fsdp), "--resume")
+    # Resume under the same engine from the step-2 checkpoint (FSDP2: whole AdamW moments
+    # cut back into shards; DeepSpeed: its own optimizer partitions): it ends where the
+    # run did.
+    final = _adapter(run)
+    shutil.rmtree(run / "checkpoints" / "step-4")
+    shutil.rmtree(run / "adapter")
+    write_run_info(RunDir(run), status="interrupted", step=2)
+    done = _launch(engine, str(run), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     for key, value in final.items():
-        assert torch.equal(_adapter(fsdp)[key], value), key
+        assert torch.equal(_adapter(run)[key], value), key
+    if engine == "deepspeed":  # its optimizer partitions need DeepSpeed to resume
+        shutil.rmtree(run / "checkpoints" / "step-4")
+        write_run_info(RunDir(run), status="interrupted", step=2)
+        done = _more_train(str(run), "--resume")
+        assert done.returncode == 2 and "written under DeepSpeed" in done.stderr, done.stderr
 
 
 @pytest.mark.slow
@@ -203,7 +224,7 @@ def test_fsdp2_encoder_run_gathers_its_task_heads(
 ) -> None:
     recipe = write_recipe("encoder", train={"max_steps": 2, "log_every": 1})
     run = tmp_path / "fsdp"
-    done = _launch_fsdp(str(recipe), "-o", str(run))
+    done = _launch("fsdp", str(recipe), "-o", str(run))
     assert done.returncode == 0, done.stderr[-3000:]
     heads = load_file(str(run / "adapter" / "heads.safetensors"))
     hidden = json.loads((Path(load_recipe(recipe).model.name) / "config.json").read_text())

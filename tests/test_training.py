@@ -154,39 +154,3 @@ def test_nan_loss_stops_with_a_user_error(
     assert read_run_info(run)["status"] == "failed"
     assert latest_checkpoint(run) == run.checkpoint(2)
     assert "step-2" in error.value.details[0]
-
-
-def _accelerator(distributed_type: str, fsdp_version: int = 2) -> object:
-    from types import SimpleNamespace
-
-    from accelerate.utils import DistributedType
-
-    plugin = SimpleNamespace(fsdp_version=fsdp_version)
-    return SimpleNamespace(
-        distributed_type=DistributedType[distributed_type],
-        state=SimpleNamespace(fsdp_plugin=plugin),
-    )
-
-
-@pytest.mark.parametrize(
-    "engine, fsdp_version, four_bit, refusal",
-    [
-        ("MULTI_GPU", 2, True, None),
-        ("FSDP", 2, False, None),
-        ("FSDP", 1, False, "supports FSDP2 only"),
-        ("FSDP", 2, True, "4-bit base cannot be sharded"),
-        ("DEEPSPEED", 2, False, "does not support DeepSpeed"),
-    ],
-)
-def test_engines_whose_state_cannot_be_saved_are_refused_with_the_fix(
-    engine: str, fsdp_version: int, four_bit: bool, refusal: str | None,
-    write_recipe: Callable[..., Path],
-) -> None:  # fmt: skip
-    recipe = load_recipe(write_recipe("decoder"), [f"model.load_in_4bit={str(four_bit).lower()}"])
-    accelerator = _accelerator(engine, fsdp_version)
-    if refusal is None:
-        training._check_engine(accelerator, recipe)
-        return
-    with pytest.raises(UserError, match=refusal) as caught:
-        training._check_engine(accelerator, recipe)
-    assert caught.value.details  # names the fix

@@ -1,0 +1,105 @@
+"""The accelerate engines ``more train`` runs under, and what each asks of the loop.
+
+- **One process, DDP** (``--num-processes N``): parameters and optimizer state are whole on
+  every process; nothing special.
+- **FSDP2**: parameters and their optimizer state are sharded ``DTensor``s; checkpoints
+  gather them into whole tensors (:mod:`more_cli.sharded`).
+- **DeepSpeed ZeRO stage 1 or 2**: parameters stay whole on every process, the optimizer
+  state is partitioned. Checkpoints keep it as DeepSpeed's own engine checkpoint (one file
+  per process, trainable parameters only) in ``trainer/deepspeed/``; resuming needs the same
+  engine and number of processes. The recipe sets batch size, accumulation and clipping.
+
+Refused before the model loads, each with the fix: FSDP1, ZeRO stage 3 (use FSDP2 to shard
+parameters), and FSDP or DeepSpeed with a 4-bit base (use DDP).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from torch import nn
+
+from more_cli.errors import UserError
+from more_cli.recipe import Recipe
+
+ENGINE_STATE_DIR = "deepspeed"
+_ENGINE_TAG = "state"
+
+
+def check_engine(accelerator: Accelerator, recipe: Recipe) -> None:
+    """Refuse the engines whose state this loop cannot save and restore."""
+    engine = accelerator.distributed_type
+    if engine not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return
+    name = "FSDP" if engine == DistributedType.FSDP else "DeepSpeed"
+    if recipe.model.load_in_4bit:
+        raise UserError(
+            f"a 4-bit base cannot be trained under {name} by more train",
+            details=["train a 4-bit base with data parallelism: --num-processes N"],
+        )
+    if engine == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise UserError(
+            "more train supports FSDP2 only, and this accelerate config asks for FSDP1",
+            details=["set fsdp_version: 2 under fsdp_config (recipes/accelerate/fsdp.yaml)"],
+        )
+    if engine == DistributedType.DEEPSPEED and _zero_stage(accelerator) not in (0, 1, 2):
+        raise UserError(
+            f"more train supports DeepSpeed ZeRO stages 1 and 2, not {_zero_stage(accelerator)}",
+            details=[
+                "set zero_stage: 2 (recipes/accelerate/deepspeed.yaml)",
+                "to shard the parameters too, use FSDP2: recipes/accelerate/fsdp.yaml",
+            ],
+        )
+
+
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def configure(accelerator: Accelerator, recipe: Recipe) -> None:
+    """Before ``prepare``: give DeepSpeed the recipe's batch, accumulation and clipping.
+
+    DeepSpeed reads them from its own config, where an accelerate config leaves them unset
+    or ``auto``; the recipe is the single source, as for mixed precision.
+    """
+    if not is_deepspeed(accelerator):
+        return
+    train = recipe.train
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = train.batch_size
+    config["gradient_accumulation_steps"] = train.grad_accum
+    config["train_batch_size"] = train.batch_size * train.grad_accum * accelerator.num_processes
+    config["gradient_clipping"] = train.max_grad_norm or 0.0
+
+
+def describe(accelerator: Accelerator) -> str | None:
+    """A line for the log when the engine shards anything, else None."""
+    processes = accelerator.num_processes
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return f"model sharded with FSDP2 across {processes} processes"
+    if is_deepspeed(accelerator):
+        stage = _zero_stage(accelerator)
+        return f"DeepSpeed ZeRO stage {stage}: optimizer state split across {processes} processes"
+    return None
+
+
+def save_engine_state(engine: nn.Module, directory: Path) -> None:
+    """DeepSpeed's checkpoint of the partitioned optimizer state into ``directory``.
+
+    Every process calls it and writes its own partition; frozen base weights are left out.
+    """
+    engine.save_checkpoint(str(directory), tag=_ENGINE_TAG, exclude_frozen_parameters=True)
+
+
+def load_engine_state(engine: nn.Module, directory: Path) -> None:
+    """Restore what :func:`save_engine_state` wrote (the frozen base is not in it)."""
+    engine.load_checkpoint(
+        str(directory), tag=_ENGINE_TAG, load_module_strict=False,
+        load_optimizer_states=True, load_lr_scheduler_states=False,
+    )  # fmt: skip
+
+
+def _zero_stage(accelerator: Accelerator) -> int:
+    return int(accelerator.state.deepspeed_plugin.zero_stage)

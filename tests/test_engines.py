@@ -1,0 +1,74 @@
+"""Which accelerate engines ``more train`` accepts, and what it tells DeepSpeed.
+
+The engines themselves run end to end in ``tests/test_distributed.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from accelerate.utils import DistributedType
+
+from more_cli import engines
+from more_cli.errors import UserError
+from more_cli.recipe_io import load_recipe
+
+
+def _accelerator(engine: str, fsdp_version: int = 2, zero_stage: int = 2) -> SimpleNamespace:
+    return SimpleNamespace(
+        distributed_type=DistributedType[engine],
+        num_processes=4,
+        state=SimpleNamespace(
+            fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version),
+            deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage, deepspeed_config={}),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "engine, fsdp_version, zero_stage, four_bit, refusal",
+    [
+        ("MULTI_GPU", 2, 2, True, None),
+        ("FSDP", 2, 2, False, None),
+        ("DEEPSPEED", 2, 1, False, None),
+        ("DEEPSPEED", 2, 2, False, None),
+        ("FSDP", 1, 2, False, "supports FSDP2 only"),
+        ("FSDP", 2, 2, True, "4-bit base cannot be trained under FSDP"),
+        ("DEEPSPEED", 2, 3, False, "ZeRO stages 1 and 2, not 3"),
+        ("DEEPSPEED", 2, 2, True, "4-bit base cannot be trained under DeepSpeed"),
+    ],
+)
+def test_engines_whose_state_cannot_be_saved_are_refused_with_the_fix(
+    engine: str, fsdp_version: int, zero_stage: int, four_bit: bool, refusal: str | None,
+    write_recipe: Callable[..., Path],
+) -> None:  # fmt: skip
+    recipe = load_recipe(write_recipe("decoder"), [f"model.load_in_4bit={str(four_bit).lower()}"])
+    accelerator = _accelerator(engine, fsdp_version, zero_stage)
+    if refusal is None:
+        engines.check_engine(accelerator, recipe)
+        return
+    with pytest.raises(UserError, match=refusal) as caught:
+        engines.check_engine(accelerator, recipe)
+    assert caught.value.details  # names the fix
+
+
+def test_the_recipe_sets_deepspeeds_batch_accumulation_and_clipping(
+    write_recipe: Callable[..., Path],
+) -> None:
+    overrides = ["train.batch_size=8", "train.grad_accum=3", "train.max_grad_norm=0.5"]
+    recipe = load_recipe(write_recipe("decoder"), overrides)
+    accelerator = _accelerator("DEEPSPEED")
+    engines.configure(accelerator, recipe)
+    assert accelerator.state.deepspeed_plugin.deepspeed_config == {
+        "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": 3,
+        "train_batch_size": 8 * 3 * 4,
+        "gradient_clipping": 0.5,
+    }
+    assert engines.describe(accelerator) == (
+        "DeepSpeed ZeRO stage 2: optimizer state split across 4 processes"
+    )
+    assert engines.describe(_accelerator("MULTI_GPU")) is None
