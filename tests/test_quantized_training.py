@@ -7,11 +7,15 @@ bitsandbytes 0.50 runs NF4 forward and backward on the CPU. Its kernels work on 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from more_cli import modeling
@@ -25,6 +29,7 @@ from more_cli.training import train
 from tests.helpers.tiny import TINY_VOCAB, accept_task_ids, tiny_tokenizer
 
 bnb = pytest.importorskip("bitsandbytes")
+ROOT = Path(__file__).resolve().parents[1]
 
 FOUR_BIT = {
     "load_in_4bit": True,
@@ -106,3 +111,31 @@ def test_supported_4bit_combinations_pass_the_check(compute_dtype: str) -> None:
     cfg = ModelConfig(name="x", load_in_4bit=True, dtype=compute_dtype, quantization=quant)
     kwargs = modeling._quantization_kwargs(cfg, None)
     assert kwargs["quantization_config"].bnb_4bit_compute_dtype == getattr(torch, compute_dtype)
+
+
+@pytest.mark.slow
+def test_4bit_base_trains_with_two_processes(
+    llama64: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Each process quantizes its own copy of the base; DDP all-reduces the adapter's
+    # gradients only. Same global batch as one process with grad_accum 2 (see
+    # tests/test_distributed.py): the adapters agree up to float summation order.
+    recipe = write_recipe(
+        "decoder",
+        model={"name": str(llama64), **FOUR_BIT},
+        adapter={"targets": ["q_proj", "v_proj"]},
+        train={"batch_size": 2, "max_steps": 4, "log_every": 2},
+    )
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "more_cli", "train", str(recipe), "--num-processes", "2",
+         "-o", str(two)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = train(load_recipe(recipe, ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
+    weights = "adapter/adapter_model.safetensors"
+    mine, theirs = load_file(str(two / weights)), load_file(str(one / weights))
+    for key, value in theirs.items():
+        torch.testing.assert_close(mine[key], value, atol=1e-5, rtol=0, msg=key)
