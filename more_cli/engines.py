@@ -10,11 +10,13 @@
   engine and number of processes. The recipe sets batch size, accumulation and clipping.
 
 Refused before the model loads, each with the fix: FSDP1, ZeRO stage 3 (use FSDP2 to shard
-parameters), and FSDP or DeepSpeed with a 4-bit base (use DDP).
+parameters), FSDP or DeepSpeed with a 4-bit base (use DDP), and FSDP or DeepSpeed asked
+for on a machine without accelerators, where accelerate would quietly run plain DDP.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -26,12 +28,16 @@ from more_cli.recipe import Recipe
 
 ENGINE_STATE_DIR = "deepspeed"
 _ENGINE_TAG = "state"
+# What accelerate launch sets in every process when its config asks for the engine.
+_REQUESTED_BY = (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
 
 
 def check_engine(accelerator: Accelerator, recipe: Recipe) -> None:
-    """Refuse the engines whose state this loop cannot save and restore."""
+    """Refuse the engines whose state this loop cannot save and restore, and a launch
+    that asked for FSDP or DeepSpeed but did not get it."""
     engine = accelerator.distributed_type
     if engine not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        _check_not_dropped()
         return
     name = "FSDP" if engine == DistributedType.FSDP else "DeepSpeed"
     if recipe.model.load_in_4bit:
@@ -52,6 +58,21 @@ def check_engine(accelerator: Accelerator, recipe: Recipe) -> None:
                 "to shard the parameters too, use FSDP2: recipes/accelerate/fsdp.yaml",
             ],
         )
+
+
+def _check_not_dropped() -> None:
+    """accelerate quietly falls back to plain data parallelism when FSDP or DeepSpeed is
+    asked for on a machine without accelerators: say so rather than train differently."""
+    for name, variable in (
+        ("FSDP", "ACCELERATE_USE_FSDP"),
+        ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"),
+    ):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise UserError(
+                f"the accelerate config asks for {name}, which accelerate runs only on GPUs "
+                "(or other accelerators), and this machine has none",
+                details=["train with data parallelism here: more train RECIPE --num-processes N"],
+            )
 
 
 def is_deepspeed(accelerator: Accelerator) -> bool:

@@ -72,3 +72,14 @@ def test_the_recipe_sets_deepspeeds_batch_accumulation_and_clipping(
         "DeepSpeed ZeRO stage 2: optimizer state split across 4 processes"
     )
     assert engines.describe(_accelerator("MULTI_GPU")) is None
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_an_engine_accelerate_dropped_for_lack_of_gpus_is_an_error(
+    variable: str, write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a CPU-only machine accelerate turns an FSDP / DeepSpeed launch into plain
+    # multi-process training without a word.
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(UserError, match="runs only on GPUs"):
+        engines.check_engine(_accelerator("MULTI_CPU"), load_recipe(write_recipe("decoder")))
