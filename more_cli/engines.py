@@ -17,8 +17,11 @@ for on a machine without accelerators, where accelerate would quietly run plain 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
@@ -29,30 +32,76 @@ from more_cli.recipe import Recipe
 ENGINE_STATE_DIR = "deepspeed"
 _ENGINE_TAG = "state"
 # What accelerate launch sets in every process when its config asks for the engine.
-_REQUESTED_BY = (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+_REQUESTED_BY = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """A sharding engine as asked for: by a launched process's accelerator, or by an
+    accelerate config file before the launch."""
+
+    name: str  # "FSDP" or "DeepSpeed"
+    fsdp_version: int | None = None
+    zero_stage: int | None = None
+    runs_here: bool = True  # False: accelerate would drop it (no GPU) and run plain DDP
 
 
 def check_engine(accelerator: Accelerator, recipe: Recipe) -> None:
-    """Refuse the engines whose state this loop cannot save and restore, and a launch
-    that asked for FSDP or DeepSpeed but did not get it."""
+    """In a launched process: refuse the engines whose state this loop cannot save and
+    restore, and a launch that asked for FSDP or DeepSpeed but did not get it."""
     engine = accelerator.distributed_type
-    if engine not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        _check_not_dropped()
-        return
-    name = "FSDP" if engine == DistributedType.FSDP else "DeepSpeed"
+    if engine == DistributedType.FSDP:
+        request = EngineRequest("FSDP", fsdp_version=accelerator.state.fsdp_plugin.fsdp_version)
+    elif engine == DistributedType.DEEPSPEED:
+        request = EngineRequest("DeepSpeed", zero_stage=_zero_stage(accelerator))
+    else:
+        dropped = [n for n, v in _REQUESTED_BY.items() if os.environ.get(v, "").lower() == "true"]
+        if not dropped:
+            return
+        request = EngineRequest(dropped[0], runs_here=False)
+    _check(request, recipe)
+
+
+def check_launch_config(path: Path, recipe: Recipe) -> None:
+    """Before ``more train`` launches anything: the same refusals, read from the accelerate
+    config file, so that they are one error line instead of one per process."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read the accelerate config {path}: {error}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not an accelerate config (a YAML mapping)")
+    kind = str(config.get("distributed_type", "")).upper()
+    runs_here = not config.get("use_cpu", False) and _has_accelerator()
+    if kind == "FSDP":
+        version = (config.get("fsdp_config") or {}).get("fsdp_version", 1)
+        _check(EngineRequest("FSDP", fsdp_version=int(version), runs_here=runs_here), recipe)
+    elif kind == "DEEPSPEED":
+        stage = (config.get("deepspeed_config") or {}).get("zero_stage")
+        stage = None if stage is None else int(stage)  # or in a DeepSpeed JSON: checked later
+        _check(EngineRequest("DeepSpeed", zero_stage=stage, runs_here=runs_here), recipe)
+
+
+def _check(request: EngineRequest, recipe: Recipe) -> None:
+    if not request.runs_here:
+        raise UserError(
+            f"the accelerate config asks for {request.name}, which accelerate runs only on "
+            "GPUs (or other accelerators), and this machine has none",
+            details=["train with data parallelism here: more train RECIPE --num-processes N"],
+        )
     if recipe.model.load_in_4bit:
         raise UserError(
-            f"a 4-bit base cannot be trained under {name} by more train",
+            f"a 4-bit base cannot be trained under {request.name} by more train",
             details=["train a 4-bit base with data parallelism: --num-processes N"],
         )
-    if engine == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+    if request.fsdp_version not in (None, 2):
         raise UserError(
             "more train supports FSDP2 only, and this accelerate config asks for FSDP1",
             details=["set fsdp_version: 2 under fsdp_config (recipes/accelerate/fsdp.yaml)"],
         )
-    if engine == DistributedType.DEEPSPEED and _zero_stage(accelerator) not in (0, 1, 2):
+    if request.zero_stage not in (None, 0, 1, 2):
         raise UserError(
-            f"more train supports DeepSpeed ZeRO stages 1 and 2, not {_zero_stage(accelerator)}",
+            f"more train supports DeepSpeed ZeRO stages 1 and 2, not {request.zero_stage}",
             details=[
                 "set zero_stage: 2 (recipes/accelerate/deepspeed.yaml)",
                 "to shard the parameters too, use FSDP2: recipes/accelerate/fsdp.yaml",
@@ -60,19 +109,9 @@ def check_engine(accelerator: Accelerator, recipe: Recipe) -> None:
         )
 
 
-def _check_not_dropped() -> None:
-    """accelerate quietly falls back to plain data parallelism when FSDP or DeepSpeed is
-    asked for on a machine without accelerators: say so rather than train differently."""
-    for name, variable in (
-        ("FSDP", "ACCELERATE_USE_FSDP"),
-        ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"),
-    ):
-        if os.environ.get(variable, "false").lower() == "true":
-            raise UserError(
-                f"the accelerate config asks for {name}, which accelerate runs only on GPUs "
-                "(or other accelerators), and this machine has none",
-                details=["train with data parallelism here: more train RECIPE --num-processes N"],
-            )
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator else torch.cuda.is_available()
 
 
 def is_deepspeed(accelerator: Accelerator) -> bool:

@@ -10,9 +10,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from accelerate.utils import DistributedType
+from typer.testing import CliRunner
 
 from more_cli import engines
+from more_cli.cli.app import app
 from more_cli.errors import UserError
 from more_cli.recipe_io import load_recipe
 
@@ -83,3 +86,50 @@ def test_an_engine_accelerate_dropped_for_lack_of_gpus_is_an_error(
     monkeypatch.setenv(variable, "true")
     with pytest.raises(UserError, match="runs only on GPUs"):
         engines.check_engine(_accelerator("MULTI_CPU"), load_recipe(write_recipe("decoder")))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "recipes" / "accelerate"
+
+
+@pytest.mark.parametrize(
+    "config, four_bit, refusal",
+    [
+        ("fsdp.yaml", False, None),
+        ("deepspeed.yaml", False, None),
+        ("multi_gpu.yaml", True, None),
+        ("fsdp.yaml", True, "4-bit base cannot be trained under FSDP"),
+        ({"distributed_type": "FSDP", "fsdp_config": {"fsdp_version": 1}}, False, "FSDP2 only"),
+        ({"distributed_type": "FSDP"}, False, "FSDP2 only"),  # accelerate's default is FSDP1
+        ({"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": 3}}, False,
+         "ZeRO stages 1 and 2, not 3"),
+    ],
+)  # fmt: skip
+def test_the_accelerate_config_is_checked_before_launching(
+    config: str | dict, four_bit: bool, refusal: str | None,
+    write_recipe: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(engines, "_has_accelerator", lambda: True)
+    if isinstance(config, dict):
+        path = tmp_path / "accelerate.yaml"
+        path.write_text(yaml.safe_dump(config))
+    else:
+        path = SHIPPED / config
+    recipe = load_recipe(write_recipe("decoder"), [f"model.load_in_4bit={str(four_bit).lower()}"])
+    if refusal is None:
+        engines.check_launch_config(path, recipe)
+        return
+    with pytest.raises(UserError, match=refusal):
+        engines.check_launch_config(path, recipe)
+
+
+def test_fsdp_asked_for_without_a_gpu_stops_before_the_launch(
+    write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engines, "_has_accelerator", lambda: False)
+    config = SHIPPED / "fsdp.yaml"
+    result = CliRunner().invoke(
+        app, ["train", str(write_recipe("decoder")), "--accelerate-config", str(config)]
+    )
+    assert result.exit_code == 2
+    assert "runs only on GPUs" in result.stderr and "launching" not in result.stderr

@@ -9,6 +9,7 @@ import typer
 
 if TYPE_CHECKING:
     from more_cli.launch import LaunchOptions
+    from more_cli.recipe import Recipe
 
 EPILOG = """\
 Examples:
@@ -105,7 +106,7 @@ def train(
         # The recipe is valid (loaded above); the launched processes load it again.
         train_args = [str(recipe), *(f"--set={item}" for item in overrides or [])]
         train_args += ["--resume"] * resume + [f"--output-dir={loaded.output_dir}"]
-        raise typer.Exit(_launch(launch, train_args, loaded.train.precision))
+        raise typer.Exit(_launch(launch, train_args, loaded))
     try:
         run_dir = run_training(loaded, resume=resume)
     except TrainingInterrupted as stop:
@@ -115,8 +116,9 @@ def train(
         typer.echo(f"  evaluate again with: more eval {run_dir}")
 
 
-def _launch(options: LaunchOptions, train_args: list[str], precision: str) -> int:
+def _launch(options: LaunchOptions, train_args: list[str], recipe: Recipe) -> int:
     """Run ``more train train_args`` under accelerate launch; return its exit code."""
+    from more_cli.engines import check_launch_config
     from more_cli.errors import UserError
     from more_cli.launch import launch_command, run_launch, under_launcher
 
@@ -126,7 +128,9 @@ def _launch(options: LaunchOptions, train_args: list[str], precision: str) -> in
             "options (--num-processes, --accelerate-config, ...) start one",
             details=["pass them to accelerate launch instead, or run more train without it"],
         )
-    command = launch_command(options, train_args, precision)
+    if options.config_file is not None:
+        check_launch_config(options.config_file, recipe)
+    command = launch_command(options, train_args, recipe.train.precision)
     typer.echo(f"launching: {' '.join(command[1:])}", err=True)
     return run_launch(command)
 
