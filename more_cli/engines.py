@@ -162,4 +162,7 @@ def load_engine_state(engine: nn.Module, directory: Path) -> None:
 
 
 def _zero_stage(accelerator: Accelerator) -> int:
-    return int(accelerator.state.deepspeed_plugin.zero_stage)
+    """The ZeRO stage in effect: DeepSpeed's config (a JSON file's too), else the plugin's."""
+    plugin = accelerator.state.deepspeed_plugin
+    stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage", plugin.zero_stage)
+    return int(stage or 0)

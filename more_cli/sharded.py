@@ -11,17 +11,25 @@ Plain tensors pass through both unchanged, so one-process and DDP runs take the 
 from __future__ import annotations
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch without distributed support (or < 2.5): nothing is sharded
+    DTensor = None
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` itself, or all of a sharded tensor gathered from every process."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 def shard_like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``value`` (whole) laid out like ``reference``: this process's shard when it is sharded."""
-    if not isinstance(reference, DTensor):
+    if not is_sharded(reference):
         return value
     value = value.to(reference.device, reference.dtype)
     # src_data_rank=None: every process holds the whole value and keeps its own shard of it.
@@ -31,7 +39,7 @@ def shard_like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 def copy_whole_into(target: torch.Tensor, value: torch.Tensor) -> None:
     """Overwrite ``target`` (a parameter, sharded or not) with the whole tensor ``value``."""
     with torch.no_grad():
-        if isinstance(target, DTensor):
+        if is_sharded(target):
             target.to_local().copy_(shard_like(value, target).to_local())
         else:
             target.copy_(value.to(target.dtype))

@@ -23,6 +23,10 @@
   optimizer, scheduler, sampler position, RNG and step: on CPU with a fixed seed a resumed run
   ends bitwise identical to an uninterrupted one. (Several processes: the main process's RNG
   is saved and restored on every process.)
+- **Engines**: one process, DDP, FSDP2 and DeepSpeed ZeRO-1/2, all through accelerate
+  (:mod:`more_cli.engines`). Adapter, heads and checkpoints hold whole tensors whatever
+  the engine (gathered from FSDP2 shards, :mod:`more_cli.sharded`); only DeepSpeed's
+  optimizer partitions stay in its own format, in ``trainer/deepspeed/``.
 - **Signals**: SIGINT / SIGTERM save a checkpoint at the next step boundary, mark the run
   ``interrupted`` and raise :class:`TrainingInterrupted` (exit code 130 / 143).
 - **Logging**: a rich progress bar on a terminal, plain lines otherwise; always
