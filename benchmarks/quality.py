@@ -13,12 +13,15 @@ Runs go through :func:`more_cli.training.train` (which scores the final adapter 
 run's ``eval.json``), two worker processes at a time with one thread each. Run directories
 are kept: a finished run of the same recipe is reused, and an unfinished one with a
 checkpoint (SIGTERM a worker to save one) is resumed, so a stopped suite continues where it
-left off. The results JSON is rewritten after every run, so partial results survive.
+left off. The results JSON is rewritten after every run, so partial results survive; with
+``--keep-results`` the runs it holds for the same settings are kept and only the missing
+ones train, which finishes a suite on another machine from the committed JSON.
 
     python -m benchmarks.quality --quick        # 9 configurations x 1 seed, 100 steps
     python -m benchmarks.quality                # 9 configurations x 3 seeds, 400 steps
     python -m benchmarks.quality --configs lora more --seeds 2023
     python -m benchmarks.quality --quick --report    # tables and plot from the JSON only
+    python -m benchmarks.quality --keep-results      # finish a suite from its results JSON
 """
 
 from __future__ import annotations
@@ -203,6 +206,23 @@ def run_job(job: Job) -> dict[str, Any]:
     }
 
 
+def kept_runs(out_path: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of an earlier results JSON that this invocation would repeat exactly: same
+    settings and, per run, the same configuration. Lets a long suite be finished on another
+    machine (or after its run directories are gone) from the committed JSON."""
+    if not out_path.is_file():
+        return []
+    earlier = read_json(out_path)
+    if earlier.get("settings") != payload["settings"] or earlier.get("tasks") != payload["tasks"]:
+        return []
+    return [
+        run | {"reused": True}
+        for run in earlier.get("runs", [])
+        if run["config"] in payload["configs"]
+        and earlier.get("configs", {}).get(run["config"]) == payload["configs"][run["config"]]
+    ]
+
+
 def run_state(run_dir: Path, recipe: Recipe) -> str:
     """What to do with ``run_dir`` for ``recipe``.
 
@@ -242,10 +262,18 @@ def output_to(path: Path, append: bool = False) -> Iterator[None]:
 
 
 def run_jobs(
-    jobs: Sequence[Job], workers: int, payload: dict[str, Any], out_path: Path
+    jobs: Sequence[Job],
+    workers: int,
+    payload: dict[str, Any],
+    out_path: Path,
+    kept: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Run ``jobs`` ``workers`` at a time; rewrite ``out_path`` after each finished run."""
-    payload |= {"runs": [], "failed": []}
+    """Run ``jobs`` ``workers`` at a time; rewrite ``out_path`` after each finished run.
+
+    ``kept`` are results of earlier invocations (:func:`kept_runs`) that stand in the
+    output beside the new ones.
+    """
+    payload |= {"runs": list(kept), "failed": []}
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
@@ -408,6 +436,11 @@ def chosen_settings(args: argparse.Namespace, presets: dict[str, Settings]) -> S
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0], PRESETS)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument(
+        "--keep-results",
+        action="store_true",
+        help="keep the runs the results JSON already holds for these settings; train the rest",
+    )
     args_given = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(args_given)
     mode = "quick" if args.quick else "full"
@@ -447,8 +480,12 @@ def main(argv: list[str] | None = None) -> None:
             "environment": environment(torch.device("cpu"))
             | {"workers": args.workers, "threads_per_worker": args.threads},
         }
+        kept = kept_runs(out_json, payload) if args.keep_results else []
+        done = {(run["config"], run["seed"]) for run in kept}
+        jobs = [job for job in jobs if (job.config, job.seed) not in done]
+        print(f"{len(kept)} runs kept from {out_json}, {len(jobs)} to train", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-        payload = run_jobs(jobs, args.workers, payload, out_json)
+        payload = run_jobs(jobs, args.workers, payload, out_json, kept)
     if payload["runs"]:
         plot(payload["summary"], groups, out_png, title)
     print(report(payload, groups))

@@ -1,0 +1,33 @@
+"""The quality suite's bookkeeping: keeping the runs of an earlier results JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.quality import kept_runs
+
+
+def _payload(steps: int = 400, configs: dict | None = None) -> dict:
+    configs = configs or {"lora": {"kind": "lora"}, "more": {"kind": "more"}}
+    return {"tasks": ["rte"], "settings": {"steps": steps}, "configs": configs}
+
+
+def _run(config: str, seed: int) -> dict:
+    return {"config": config, "seed": seed, "average": 50.0, "reused": False}
+
+
+def test_runs_of_the_same_settings_and_configuration_are_kept(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    earlier = _payload() | {"runs": [_run("lora", 1), _run("more", 1), _run("moelora", 1)]}
+    earlier["configs"]["moelora"] = {"kind": "moelora"}
+    out.write_text(json.dumps(earlier))
+
+    kept = kept_runs(out, _payload())
+    assert [(r["config"], r["seed"], r["reused"]) for r in kept] == [
+        ("lora", 1, True), ("more", 1, True),
+    ]  # fmt: skip
+    assert kept_runs(out, _payload(steps=100)) == []  # other settings: nothing kept
+    changed = _payload(configs={"lora": {"kind": "lora"}, "more": {"kind": "more", "r": 4}})
+    assert [r["config"] for r in kept_runs(out, changed)] == ["lora"]
+    assert kept_runs(tmp_path / "missing.json", _payload()) == []
