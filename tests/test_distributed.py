@@ -15,10 +15,8 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,8 +35,7 @@ from more_cli.recipe_io import load_recipe
 from more_cli.rundir import RunDir, read_run_info, write_run_info
 from more_cli.tasks import get_task
 from more_cli.training import train
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.subprocess_runs import ROOT, more_train, run_python
 
 
 @pytest.fixture
@@ -114,14 +111,6 @@ def _adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
-def _more_train(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "more_cli", "train", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(
     write_recipe: Callable[..., Path], tmp_path: Path
@@ -130,7 +119,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     train_cfg = {"batch_size": 2, "max_steps": 4, "save_every": 2, "log_every": 2}
     recipe = write_recipe("decoder", train=train_cfg)
     two = tmp_path / "two"
-    done = _more_train(str(recipe), "--num-processes", "2", "-o", str(two))
+    done = more_train(str(recipe), "--num-processes", "2", "-o", str(two))
     assert done.returncode == 0, done.stderr[-3000:]
     one = train(load_recipe(recipe, ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
     for key, value in _adapter(one).items():
@@ -150,7 +139,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     shutil.rmtree(two / "checkpoints" / "step-4")
     shutil.rmtree(two / "adapter")
     write_run_info(RunDir(two), status="interrupted", step=2)
-    done = _more_train(str(two), "--resume", "--num-processes", "2")
+    done = more_train(str(two), "--resume", "--num-processes", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     for key, value in final.items():
         assert torch.equal(_adapter(two)[key], value), key
@@ -159,13 +148,10 @@ def test_two_processes_match_one_with_the_same_global_batch(
 def _launch(engine: str, *args: str) -> subprocess.CompletedProcess:
     """``more train`` under accelerate launch with the shipped ``<engine>.yaml`` config and 2
     processes, through the shim that lets accelerate's engine run on this CPU-only machine."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    config = ["--config_file", str(ROOT / "recipes" / "accelerate" / f"{engine}.yaml")]
-    return subprocess.run(
-        [*launch, *config, "--num_processes", "2", "--mixed_precision", "no",
-         "-m", "tests.helpers.engines_on_cpu", "train", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    config = str(ROOT / "recipes" / "accelerate" / f"{engine}.yaml")
+    return run_python(
+        "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
+        "--mixed_precision", "no", "-m", "tests.helpers.engines_on_cpu", "train", *args,
     )  # fmt: skip
 
 
@@ -214,7 +200,7 @@ def test_sharded_engines_end_where_one_process_does_and_resume(
     if engine == "deepspeed":  # its optimizer partitions need DeepSpeed to resume
         shutil.rmtree(run / "checkpoints" / "step-4")
         write_run_info(RunDir(run), status="interrupted", step=2)
-        done = _more_train(str(run), "--resume")
+        done = more_train(str(run), "--resume")
         assert done.returncode == 2 and "written under DeepSpeed" in done.stderr, done.stderr
 
 

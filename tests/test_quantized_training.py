@@ -7,9 +7,6 @@ bitsandbytes 0.50 runs NF4 forward and backward on the CPU. Its kernels work on 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +23,10 @@ from more_cli.recipe import ModelConfig
 from more_cli.recipe_io import load_recipe
 from more_cli.tasks import compute_metrics, get_task
 from more_cli.training import train
+from tests.helpers.subprocess_runs import more_train
 from tests.helpers.tiny import TINY_VOCAB, accept_task_ids, tiny_tokenizer
 
 bnb = pytest.importorskip("bitsandbytes")
-ROOT = Path(__file__).resolve().parents[1]
 
 FOUR_BIT = {
     "load_in_4bit": True,
@@ -127,12 +124,7 @@ def test_4bit_base_trains_with_two_processes(
         train={"batch_size": 2, "max_steps": 4, "log_every": 2},
     )
     two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "more_cli", "train", str(recipe), "--num-processes", "2",
-         "-o", str(two)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = more_train(str(recipe), "--num-processes", "2", "-o", str(two))
     assert done.returncode == 0, done.stderr[-3000:]
     one = train(load_recipe(recipe, ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
     weights = "adapter/adapter_model.safetensors"
