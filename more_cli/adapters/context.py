@@ -18,25 +18,27 @@ class RoutingContext:
     def __init__(self) -> None:
         self.task_ids: torch.Tensor | None = None
         self.per_sample: torch.Tensor | None = None  # [layers, batch, n] or None (lora)
-        # Per layer: (task-embedding bank, input projection or None) for the contrastive loss.
-        self.banks: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None
-        self.contrastive: dict[int, torch.Tensor] = {}
+        # Whether layers hand back summaries of their inputs for the contrastive loss, and
+        # those summaries by layer index (``[batch, d_in]`` each).
+        self.wants_summaries = False
+        self.summaries: dict[int, torch.Tensor] = {}
         self.merged_task: int | None = None
 
     def set(
         self,
         task_ids: torch.Tensor,
         routing: torch.Tensor | None,
-        banks: list[tuple[torch.Tensor, torch.Tensor | None]] | None,
+        wants_summaries: bool = False,
     ) -> None:
         self.task_ids = task_ids
         self.per_sample = None if routing is None else routing[:, task_ids]
-        self.banks = banks
-        self.contrastive = {}
+        self.wants_summaries = wants_summaries
+        self.summaries = {}
 
     def clear(self) -> None:
-        self.task_ids = self.per_sample = self.banks = None
-        self.contrastive = {}
+        self.task_ids = self.per_sample = None
+        self.wants_summaries = False
+        self.summaries = {}
 
     def for_layer(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Task ids and routing weights ``[batch, n]`` of one layer for a batch of ``batch``.

@@ -6,24 +6,35 @@ import torch
 import torch.nn.functional as F
 
 
-def task_contrastive_loss(
-    summary: torch.Tensor,
-    bank: torch.Tensor,
+def task_contrastive_losses(
+    summaries: torch.Tensor,
+    banks: torch.Tensor,
     task_ids: torch.Tensor,
     temperature: float,
     projection: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of cosine similarities / tau, with each sample's own task as the label.
+    """Per layer, the cross-entropy of cosine similarities / tau with each sample's own task
+    as the label, for several layers of one input width at once.
 
     Args:
-        summary: ``[batch, d_in]`` layer input at the first position (or its mean).
-        bank: ``[tasks, width]`` task embeddings.
+        summaries: ``[layers, batch, d_in]`` layer inputs at the first position (or their mean).
+        banks: ``[layers, tasks, width]`` task embeddings of each layer, or ``[1, tasks, width]``
+            for one bank shared by every layer.
         task_ids: ``[batch]`` true task of each sample.
         temperature: tau (0.05 in the paper).
         projection: ``[width, d_in]`` used when the bank is narrower than the input.
+
+    Returns:
+        ``[layers]``: each layer's loss, averaged over the batch.
     """
-    query = summary.float()
+    query = summaries.float()
     if projection is not None:
         query = query @ projection.T
-    similarity = F.normalize(query, dim=-1) @ F.normalize(bank.float(), dim=-1).T
-    return F.cross_entropy(similarity / temperature, task_ids)
+    similarity = F.normalize(query, dim=-1) @ F.normalize(banks.float(), dim=-1).transpose(-1, -2)
+    layers, batch, tasks = similarity.shape
+    losses = F.cross_entropy(
+        (similarity / temperature).reshape(layers * batch, tasks),
+        task_ids.repeat(layers),
+        reduction="none",
+    )
+    return losses.reshape(layers, batch).mean(-1)

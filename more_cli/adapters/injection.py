@@ -109,10 +109,10 @@ class MultiTaskAdapter:
     def _activate(self, task_ids: torch.Tensor) -> None:
         device = next(iter(self.layers.values())).lora_A.device
         task_ids = task_ids.to(device)
-        banks = None
-        if self.router is not None and self.config.cl_weight > 0 and self.model.training:
-            banks = self.router.contrastive_banks()
-        self.context.set(task_ids, self.routing(), banks)
+        wants_summaries = (
+            self.router is not None and self.config.cl_weight > 0 and self.model.training
+        )
+        self.context.set(task_ids, self.routing(), wants_summaries)
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         task_ids = kwargs.pop("task_ids", None)
@@ -138,10 +138,14 @@ class MultiTaskAdapter:
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Unweighted contrastive loss of the last training forward (mean over layers)."""
-        losses = list(self.context.contrastive.values())
-        if not losses:
+        summaries = self.context.summaries
+        if self.router is None or not summaries:
             return None
-        return torch.stack(losses).mean()
+        task_ids = self.context.task_ids
+        batch = next(iter(summaries.values())).shape[0]
+        if batch != task_ids.shape[0]:  # generation expanded the batch, as in for_layer
+            task_ids = task_ids.repeat_interleave(batch // task_ids.shape[0])
+        return self.router.contrastive_loss(summaries, task_ids)
 
     def chosen_ranks(self) -> dict[str, dict[str, int]]:
         """The rank each task uses at each layer (MoRE); r everywhere for the other kinds."""

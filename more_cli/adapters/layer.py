@@ -26,7 +26,6 @@ from torch import nn
 from more_cli.adapters import base_layers
 from more_cli.adapters.config import AdapterConfig
 from more_cli.adapters.context import RoutingContext
-from more_cli.adapters.contrastive import task_contrastive_loss
 
 
 class AdapterLayer(nn.Module):
@@ -46,7 +45,6 @@ class AdapterLayer(nn.Module):
         self.r = config.r
         self.scaling = config.scaling
         self.index = index
-        self.cl_temperature = config.cl_temperature
         self.wants_contrastive = config.uses_router and config.cl_weight > 0
         # What the contrastive loss reads of the layer input: the first token in T5-style
         # models (the task prefix word), else the mean over positions: a causal decoder's
@@ -99,9 +97,11 @@ class AdapterLayer(nn.Module):
             update = self._shared_up_update(dropped, weights)
         else:
             update = self._masked_update(dropped, weights)
-        if self.wants_contrastive and self.training and self.context.banks and x.dim() >= 3:
+        # A sequence input is summarised for the contrastive loss, computed by the router.
+        summarise = self.wants_contrastive and self.training and self.context.wants_summaries
+        if summarise and x.dim() >= 3:
             summary = x.mean(dim=1) if self.cl_pooling == "mean" else x[:, 0, :]
-            self._record_contrastive(summary, task_ids)
+            self.context.summaries[self.index] = summary
         return result + update.to(result.dtype)
 
     def _broadcast(self, per_sample: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -139,12 +139,6 @@ class AdapterLayer(nn.Module):
         expert_weights = self._broadcast(weights.to(hidden.dtype), x)[..., None]
         mixed = (hidden * expert_weights).sum(-2)
         return (mixed @ self.lora_B.T) * self.scaling
-
-    def _record_contrastive(self, summary: torch.Tensor, task_ids: torch.Tensor) -> None:
-        bank, projection = self.context.banks[self.index]
-        self.context.contrastive[self.index] = task_contrastive_loss(
-            summary, bank, task_ids, self.cl_temperature, projection
-        )
 
     def delta_weight(self, task: int, routing: torch.Tensor | None) -> torch.Tensor:
         """The exact update ``ΔW`` of one task, ``[d_out, d_in]`` in fp32.

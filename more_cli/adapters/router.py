@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from more_cli.adapters.config import AdapterConfig
+from more_cli.adapters.contrastive import task_contrastive_losses
 
 
 class _WidthGroup(nn.Module):
@@ -188,19 +189,37 @@ class Router(nn.Module):
             chosen = self.chosen_ranks() - 1
             return probs.gather(-1, chosen[..., None])[..., 0]
 
-    def contrastive_banks(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per layer: the task-embedding bank the contrastive loss compares inputs with, and
-        the ``[width, d_in]`` projection of the layer input (shared layout only; one per
-        input width)."""
-        banks: list[tuple[torch.Tensor, torch.Tensor | None]] = [None] * self.num_layers
+    def contrastive_loss(
+        self, summaries: dict[int, torch.Tensor], task_ids: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Mean over layers of each layer's contrastive loss (method.md §3).
+
+        Args:
+            summaries: layer index -> ``[batch, d_in]`` summary of that layer's input, for
+                the layers that ran in the last training forward.
+            task_ids: ``[batch]`` true task of each sample.
+
+        One batched computation per input width: per-layer losses on tiny ``[batch, tasks]``
+        similarity matrices would cost dozens of small kernels per adapted layer.
+        """
+        per_group = []
         for group, layers in zip(self.groups, self.group_layers, strict=True):
-            # One unbind per group: its backward is a single stack, whereas indexing each
-            # layer's table writes a zero-filled gradient of the whole group per layer.
-            tables = None if group.embedding is None else group.embedding.unbind(0)
-            for position, layer in enumerate(layers):
-                bank = self.shared_embedding if tables is None else tables[position]
-                banks[layer] = (bank, group.cl_projection)
-        return banks
+            positions = [p for p, layer in enumerate(layers) if layer in summaries]
+            if not positions:
+                continue
+            stacked = torch.stack([summaries[layers[p]] for p in positions])
+            if group.embedding is None:
+                banks = self.shared_embedding[None]
+            elif len(positions) == len(layers):
+                banks = group.embedding
+            else:
+                banks = group.embedding[positions]
+            per_group.append(
+                task_contrastive_losses(
+                    stacked, banks, task_ids, self.config.cl_temperature, group.cl_projection
+                )
+            )
+        return torch.cat(per_group).mean() if per_group else None
 
     def task_embeddings(self) -> torch.Tensor:
         """One vector per task for plots: the shared table, or the per-layer tables joined."""

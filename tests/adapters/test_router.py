@@ -21,7 +21,7 @@ def test_forward_uses_exactly_the_hard_choice() -> None:
     # The layer output is the update of the chosen prefix only.
     name, layer = next(iter(adapter.layers.items()))
     x = torch.randn(2, 3, layer.d_in)
-    adapter.context.set(torch.tensor([0, 2]), routing, None)
+    adapter.context.set(torch.tensor([0, 2]), routing)
     got = layer(x)
     for row, task in enumerate([0, 2]):
         k = int(ranks[0, task])
