@@ -77,8 +77,8 @@ class Settings:
 PRESETS = {
     "full": Settings(2, 1, 1, 8, 128, 4, 1024, 8, 8, rounds=9, warmup=1, memory_steps=2,
                      scaling_tasks=(2, 8, 32, 128), scaling_rounds=5),
-    "quick": Settings(2, 1, 1, 8, 32, 4, 1024, 8, 8, rounds=7, warmup=1, memory_steps=2,
-                      scaling_tasks=(2, 8, 32, 128), scaling_rounds=5),
+    "quick": Settings(2, 1, 1, 8, 32, 4, 1024, 8, 8, rounds=15, warmup=1, memory_steps=2,
+                      scaling_tasks=(2, 8, 32, 128), scaling_rounds=9),
     "smoke": Settings(1, 1, 64, 2, 8, 2, 64, 3, 4, rounds=2, warmup=0, memory_steps=1,
                       scaling_tasks=(2, 4), scaling_rounds=2),
 }  # fmt: skip

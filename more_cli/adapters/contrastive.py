@@ -30,7 +30,12 @@ def task_contrastive_losses(
     query = summaries.float()
     if projection is not None:
         query = query @ projection.T
-    similarity = F.normalize(query, dim=-1) @ F.normalize(banks.float(), dim=-1).transpose(-1, -2)
+    # Cosine similarity, dividing the dot products by the bank's norms instead of
+    # normalising the bank: with many tasks the bank is the large side, and a normalised
+    # copy of it costs several passes over it forward and backward.
+    banks = banks.float()
+    dots = F.normalize(query, dim=-1) @ banks.transpose(-1, -2)
+    similarity = dots / banks.norm(dim=-1).clamp_min(1e-12).unsqueeze(-2)
     layers, batch, tasks = similarity.shape
     losses = F.cross_entropy(
         (similarity / temperature).reshape(layers * batch, tasks),
