@@ -18,30 +18,30 @@ class RoutingContext:
     def __init__(self) -> None:
         self.task_ids: torch.Tensor | None = None
         self.per_sample: torch.Tensor | None = None  # [layers, batch, n] or None (lora)
-        # Whether layers hand back summaries of their inputs for the contrastive loss, and
-        # those summaries by layer index (``[batch, d_in]`` each).
-        self.wants_summaries = False
+        # Summaries of the layer inputs for the contrastive loss, by layer index
+        # (``[batch, d_in]`` each); filled by layers that train with it.
         self.summaries: dict[int, torch.Tensor] = {}
         self.merged_task: int | None = None
 
-    def set(
-        self,
-        task_ids: torch.Tensor,
-        routing: torch.Tensor | None,
-        wants_summaries: bool = False,
-    ) -> None:
+    def set(self, task_ids: torch.Tensor, routing: torch.Tensor | None) -> None:
         self.task_ids = task_ids
         self.per_sample = None if routing is None else routing[:, task_ids]
-        self.wants_summaries = wants_summaries
         self.summaries = {}
 
     def clear(self) -> None:
         self.task_ids = self.per_sample = None
-        self.wants_summaries = False
         self.summaries = {}
 
     def for_layer(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Task ids and routing weights ``[batch, n]`` of one layer for a batch of ``batch``.
+        """Task ids and routing weights ``[batch, n]`` of one layer for a batch of ``batch``."""
+        task_ids = self.task_ids_for(batch)
+        weights = None if self.per_sample is None else self.per_sample[layer]
+        if weights is not None and batch != weights.shape[0]:
+            weights = weights.repeat_interleave(batch // weights.shape[0], dim=0)
+        return task_ids, weights
+
+    def task_ids_for(self, batch: int) -> torch.Tensor:
+        """The task id of each of ``batch`` samples.
 
         A batch that generation expanded (beams, several sequences per input) is a whole
         multiple of the task-id count; each id is repeated to match.
@@ -51,15 +51,11 @@ class RoutingContext:
                 "the model was called without task ids; pass task_ids=... to the model call "
                 "or wrap the call in `with adapter.task_context(task_ids):`"
             )
-        task_ids = self.task_ids
-        weights = None if self.per_sample is None else self.per_sample[layer]
-        if batch != task_ids.shape[0]:
-            if batch % task_ids.shape[0]:
-                raise UserError(
-                    f"batch of {batch} samples but {task_ids.shape[0]} task ids; give one "
-                    "task id per sample"
-                )
-            repeats = batch // task_ids.shape[0]
-            task_ids = task_ids.repeat_interleave(repeats)
-            weights = None if weights is None else weights.repeat_interleave(repeats, dim=0)
-        return task_ids, weights
+        count = self.task_ids.shape[0]
+        if batch == count:
+            return self.task_ids
+        if batch % count:
+            raise UserError(
+                f"batch of {batch} samples but {count} task ids; give one task id per sample"
+            )
+        return self.task_ids.repeat_interleave(batch // count)

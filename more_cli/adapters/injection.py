@@ -109,10 +109,7 @@ class MultiTaskAdapter:
     def _activate(self, task_ids: torch.Tensor) -> None:
         device = next(iter(self.layers.values())).lora_A.device
         task_ids = task_ids.to(device)
-        wants_summaries = (
-            self.router is not None and self.config.cl_weight > 0 and self.model.training
-        )
-        self.context.set(task_ids, self.routing(), wants_summaries)
+        self.context.set(task_ids, self.routing())
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         task_ids = kwargs.pop("task_ids", None)
@@ -141,11 +138,8 @@ class MultiTaskAdapter:
         summaries = self.context.summaries
         if self.router is None or not summaries:
             return None
-        task_ids = self.context.task_ids
         batch = next(iter(summaries.values())).shape[0]
-        if batch != task_ids.shape[0]:  # generation expanded the batch, as in for_layer
-            task_ids = task_ids.repeat_interleave(batch // task_ids.shape[0])
-        return self.router.contrastive_loss(summaries, task_ids)
+        return self.router.contrastive_loss(summaries, self.context.task_ids_for(batch))
 
     def chosen_ranks(self) -> dict[str, dict[str, int]]:
         """The rank each task uses at each layer (MoRE); r everywhere for the other kinds."""

@@ -98,8 +98,7 @@ class AdapterLayer(nn.Module):
         else:
             update = self._masked_update(dropped, weights)
         # A sequence input is summarised for the contrastive loss, computed by the router.
-        summarise = self.wants_contrastive and self.training and self.context.wants_summaries
-        if summarise and x.dim() >= 3:
+        if self.wants_contrastive and self.training and x.dim() >= 3:
             summary = x.mean(dim=1) if self.cl_pooling == "mean" else x[:, 0, :]
             self.context.summaries[self.index] = summary
         return result + update.to(result.dtype)
