@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "more_no_cl": {"kind": "more", "cl_weight": 0.0},
     "moelora": {"kind": "moelora"},
     "multilora": {"kind": "multilora"},
+    "per_task_lora": {"kind": "per_task_lora"},
     "mosld": {"kind": "mosld"},
 }
 

@@ -89,7 +89,7 @@ def _call(
         auxiliary = adapter.auxiliary_loss()
         if auxiliary is not None:
             outputs.append(auxiliary)
-            grads.append(torch.tensor(adapter.config.cl_weight, device=device))
+            grads.append(torch.tensor(1.0, device=device))
         torch.autograd.backward(outputs, grads)
 
     return step

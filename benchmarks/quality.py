@@ -35,7 +35,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +72,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "multilora": {"kind": "multilora"},
     "moelora": {"kind": "moelora"},
     "mosld": {"kind": "mosld"},
+    "per_task_lora": {"kind": "per_task_lora"},
 }
 ABLATIONS: dict[str, dict[str, Any]] = {
     "more_no_rank_scaling": {"kind": "more", "rank_scaling": False},
@@ -124,21 +125,32 @@ class Job:
 
 
 def encoder_recipe(
-    config: str, seed: int, settings: Settings, glue_dir: Path, run_dir: Path
+    config: str,
+    seed: int,
+    settings: Settings,
+    glue_dir: Path,
+    run_dir: Path,
+    *,
+    adapter: dict[str, Any] | None = None,
+    tasks: Sequence[str] = TASKS,
+    train: dict[str, Any] | None = None,
 ) -> Recipe:
-    """The recipe of one encoder run, built from the schema (no YAML file involved)."""
+    """The recipe of one encoder run, built from the schema (no YAML file involved).
+
+    ``adapter`` (default: ``CONFIGS[config]``) and ``train`` add to or replace the adapter
+    and training keys; ``tasks`` are read from ``glue_dir``.
+    """
+    fields = CONFIGS[config] if adapter is None else adapter
     return Recipe.model_validate(
         {
             "model": {"name": "demo:minilm", "family": "encoder"},
-            "adapter": {
-                "r": RANK, "alpha": ALPHA, "dropout": 0.1, "targets": "bert", **CONFIGS[config]
-            },
-            "tasks": glue_tasks(TASKS, glue_dir, settings),
+            "adapter": {"r": RANK, "alpha": ALPHA, "dropout": 0.1, "targets": "bert", **fields},
+            "tasks": glue_tasks(tasks, glue_dir, settings),
             "data": {"max_source_length": settings.max_source_length, "sampling": "balanced"},
-            "train": training_section(settings, seed),
+            "train": training_section(settings, seed) | (train or {}),
             "output_dir": str(run_dir),
         }
-    )  # fmt: skip
+    )
 
 
 def glue_tasks(names: Sequence[str], glue_dir: Path, settings: Settings) -> list[dict[str, Any]]:
@@ -197,6 +209,12 @@ def run_job(job: Job) -> dict[str, Any]:
     return {
         "config": job.config,
         "seed": job.seed,
+        "lr": job.recipe.train.lr,
+        "steps": job.recipe.train.max_steps,
+        # The best model-selection average when the run evaluated during training (the
+        # adapter scored on the test split is that checkpoint's), else None.
+        "select_average": info.get("best_metric"),
+        "best_step": info.get("best_step"),
         "tasks": {task: report["tasks"][task] for task in job.recipe.task_names},
         "average": report["average"],
         "split": report["split"],
@@ -234,7 +252,9 @@ def run_state(run_dir: Path, recipe: Recipe) -> str:
     info = read_run_info(run) if run.root.is_dir() else None
     if info is None or not run.recipe.is_file():
         return "fresh"
-    if load_recipe(run.recipe).model_dump(mode="json") != recipe.model_dump(mode="json"):
+    if load_recipe(run.recipe, resolved=True).model_dump(mode="json") != recipe.model_dump(
+        mode="json"
+    ):
         return "fresh"
     if info.get("status") == "finished":
         return "finished" if run.eval.is_file() else "fresh"
@@ -267,13 +287,17 @@ def run_jobs(
     payload: dict[str, Any],
     out_path: Path,
     kept: Sequence[dict[str, Any]] = (),
+    summarize_runs: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run ``jobs`` ``workers`` at a time; rewrite ``out_path`` after each finished run.
 
     ``kept`` are results of earlier invocations (:func:`kept_runs`) that stand in the
-    output beside the new ones.
+    output beside the new ones; ``summarize_runs`` (default :func:`summarize`) makes the
+    payload's ``summary`` from its runs.
     """
+    summarize_runs = summarize_runs or summarize
     payload |= {"runs": list(kept), "failed": []}
+    payload["summary"] = summarize_runs(payload["runs"])
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
@@ -296,7 +320,7 @@ def run_jobs(
                     flush=True,
                 )
             payload["wall_minutes"] = round((time.perf_counter() - started) / 60, 2)
-            payload["summary"] = summarize(payload["runs"])
+            payload["summary"] = summarize_runs(payload["runs"])
             write_json(out_path, payload)
     return payload
 

@@ -52,7 +52,7 @@ from more_cli.adapters import AdapterConfig, MultiTaskAdapter, inject_adapter
 
 FAMILIES = ("t5", "llama")
 SECTIONS = ("train", "infer", "memory", "scaling")
-SCALING_VARIANTS = ("lora", "more", "moelora", "multilora")
+SCALING_VARIANTS = ("lora", "more", "moelora", "multilora", "per_task_lora")
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux >= 4.0)
 
 
@@ -134,7 +134,8 @@ def train_step(
     batch: dict[str, torch.Tensor],
     task_ids: torch.Tensor,
 ) -> Callable[[], None]:
-    """One optimizer step as the training loop takes it (task loss + λ · contrastive loss)."""
+    """One optimizer step as the training loop takes it (task loss + the kind's weighted
+    auxiliary loss)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
@@ -144,7 +145,7 @@ def train_step(
         loss = model(**batch, task_ids=task_ids).loss
         auxiliary = adapter.auxiliary_loss()
         if auxiliary is not None:
-            loss = loss + adapter.config.cl_weight * auxiliary
+            loss = loss + auxiliary
         loss.backward()
         optimizer.step()
 

@@ -207,7 +207,7 @@ class TaskEmbeddings:
 
 
 def task_embeddings(adapter: MultiTaskAdapter) -> TaskEmbeddings | None:
-    """None for kinds without task embeddings (lora, multilora)."""
+    """None for kinds without task embeddings (all but more and moelora)."""
     if adapter.router is None:
         return None
     vectors = adapter.router.task_embeddings().float().cpu().numpy()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from yaml.constructor import ConstructorError
 
+from more_cli.adapters.config import KIND_FIELDS, applies_to
 from more_cli.errors import UserError
 from more_cli.recipe import Recipe
 from more_cli.rundir import atomic_write_text
@@ -71,7 +72,9 @@ class _StrictLoader(yaml.SafeLoader):
             ) from None
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(
+    path: str | Path, overrides: Sequence[str] = (), *, resolved: bool = False
+) -> Recipe:
     """Read a YAML recipe, apply ``--set`` overrides and validate it.
 
     Args:
@@ -79,6 +82,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         overrides: ``dotted.key=value`` strings applied in order; the value is parsed as YAML
             (``adapter.targets=[q,v]``, ``model.load_in_4bit=true``), list items are addressed
             by index (``tasks.0.name=rte``) and an empty value means null.
+        resolved: ``path`` is a run's ``recipe.resolved.yaml``. Runs written before adapter
+            format 2 hold every adapter key whatever the kind; those the kind does not read
+            are dropped, and such a ``multilora`` (then: one LoRA per task) is read as
+            ``per_task_lora``.
 
     Returns:
         The validated recipe.
@@ -94,6 +101,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         raise UserError(
             f"{label} is {kind}; it must be a mapping of sections (model:, tasks:, ...)"
         )
+    if resolved:
+        data = _upgraded_resolved(data)
     problems: list[str] = []
     overridden: dict[Loc, str] = {}
     for raw in overrides:
@@ -112,6 +121,19 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         if not problems:
             return recipe
     raise _recipe_error(label, problems)
+
+
+def _upgraded_resolved(data: dict[str, Any]) -> dict[str, Any]:
+    adapter = data.get("adapter")
+    if not isinstance(adapter, dict):
+        return data
+    inactive = [k for k in adapter if k in KIND_FIELDS and not applies_to(k, adapter)]
+    if not inactive:
+        return data
+    if adapter.get("kind") == "multilora":
+        adapter = adapter | {"kind": "per_task_lora"}
+    adapter = {k: v for k, v in adapter.items() if k not in KIND_FIELDS or applies_to(k, adapter)}
+    return data | {"adapter": adapter}
 
 
 def dump_resolved(recipe: Recipe, path: Path) -> None:
@@ -438,7 +460,14 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
 
 def _reference_row(key: str, field: FieldInfo) -> str:
     kind = _cell(_describe(field.annotation) + _bounds(field))
-    return f"| `{key}` | {kind} | {_default_text(field)} | {_cell(field.description)} |"
+    name = key.removeprefix("adapter.")
+    if key.startswith("adapter.") and name in KIND_FIELDS:
+        # Kind-specific: absent for the other kinds, so its default is the kinds' default.
+        kinds, value = KIND_FIELDS[name]
+        default = f"{_flow(value)} ({', '.join(kinds)} only)"
+    else:
+        default = _default_text(field)
+    return f"| `{key}` | {kind} | {default} | {_cell(field.description)} |"
 
 
 def _bounds(field: FieldInfo) -> str:
@@ -456,7 +485,10 @@ def _bounds(field: FieldInfo) -> str:
 def _default_text(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
-    value = field.default_factory() if field.default_factory else field.default
+    return _flow(field.default_factory() if field.default_factory else field.default)
+
+
+def _flow(value: Any) -> str:
     flow = yaml.dump(value, Dumper=_RecipeDumper, default_flow_style=True)
     return f"`{flow.removesuffix(_DOCUMENT_END).strip()}`"
 

@@ -110,7 +110,7 @@ def load_run(
     """
     source = adapter_source(run_dir, checkpoint)
     run = RunDir(Path(run_dir))
-    recipe = load_recipe(run.recipe)
+    recipe = load_recipe(run.recipe, resolved=True)
     model, tokenizer, family = load_base_as(recipe, base_weights, _head_specs(source, recipe))
     adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
     check_same_adapter(adapter, source)  # the run's own adapter, not one from elsewhere

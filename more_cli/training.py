@@ -6,10 +6,11 @@
   adapter injected into it, per-task heads for encoders. Only adapter and heads train.
 - **Optimizer**: AdamW over the trainable parameters; no weight decay on biases, norms and
   task embeddings. Warm-up then ``train.scheduler`` decay (linear, cosine or constant).
-- **Loss**: task loss + ``adapter.cl_weight`` × the adapter's contrastive loss (when the
-  adapter computes one). Gradient accumulation through ``accelerator.accumulate`` (the loss
-  of each micro-batch is divided by ``train.grad_accum``), clipping at ``train.max_grad_norm``,
-  mixed precision through ``train.precision``.
+- **Loss**: task loss + the adapter kind's own weighted loss term (MoRE: ``cl_weight`` ×
+  the contrastive loss; MoSLD: ``balance_weight`` × the load-balancing loss). Gradient
+  accumulation through ``accelerator.accumulate`` (the loss of each micro-batch is divided
+  by ``train.grad_accum``), clipping at ``train.max_grad_norm``, mixed precision through
+  ``train.precision``.
 - **Data**: batches come from the seeded, resumable multi-task sampler of :mod:`more_cli.data`.
 - **Transfer**: with ``transfer.from_run`` the run starts from a trained run's adapter and
   trains only the recipe's new tasks, leaving the old ones bit-for-bit (:mod:`more_cli.transfer`).
@@ -282,7 +283,7 @@ def _check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> Path | None:
 
 
 def _check_same_experiment(run: RunDir, recipe: Recipe) -> None:
-    stored = _flatten(load_recipe(run.recipe).model_dump(mode="json"))
+    stored = _flatten(load_recipe(run.recipe, resolved=True).model_dump(mode="json"))
     current = _flatten(recipe.model_dump(mode="json"))
     changed = sorted(
         key
@@ -486,7 +487,7 @@ def _fit(session: Session, signals: _SignalCatcher) -> None:
                 break
             session.model.train()
             with acc.accumulate(session.model):
-                loss, task_loss, cl_loss = _forward(session, batch)
+                loss, task_loss, aux_loss = _forward(session, batch)
                 _check_finite(session, loss)
                 acc.backward(loss)
                 if acc.sync_gradients:
@@ -495,7 +496,7 @@ def _fit(session: Session, signals: _SignalCatcher) -> None:
                     session.optimizer.step()
                     session.scheduler.step()
                     session.optimizer.zero_grad(set_to_none=True)
-            window.add(task_loss, cl_loss, batch["input_ids"].shape[0])
+            window.add(task_loss, aux_loss, batch["input_ids"].shape[0])
             if not acc.sync_gradients:
                 continue
             state.step += 1
@@ -519,14 +520,14 @@ def _fit(session: Session, signals: _SignalCatcher) -> None:
 def _forward(
     session: Session, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Total loss, task loss and (unweighted) contrastive loss of one micro-batch."""
+    """Total loss, task loss and the adapter's weighted auxiliary loss of one micro-batch."""
     batch = {key: value.to(session.accelerator.device) for key, value in batch.items()}
     with session.accelerator.autocast():
         task_loss = session.model(**batch).loss
-    cl_loss = session.adapter.auxiliary_loss()
-    if cl_loss is None:
+    aux_loss = session.adapter.auxiliary_loss()
+    if aux_loss is None:
         return task_loss, task_loss, None
-    return task_loss + session.recipe.adapter.cl_weight * cl_loss, task_loss, cl_loss
+    return task_loss + aux_loss, task_loss, aux_loss
 
 
 def _check_finite(session: Session, loss: torch.Tensor) -> None:
@@ -561,34 +562,34 @@ class _LossWindow:
         self._reset()
 
     def _reset(self) -> None:
-        self.task_loss, self.cl_loss, self.micro_batches, self.samples = 0.0, 0.0, 0, 0
-        self.has_cl = False
+        self.task_loss, self.aux_loss, self.micro_batches, self.samples = 0.0, 0.0, 0, 0
+        self.has_aux = False
         self.started = time.perf_counter()
 
-    def add(self, task_loss: torch.Tensor, cl_loss: torch.Tensor | None, samples: int) -> None:
+    def add(self, task_loss: torch.Tensor, aux_loss: torch.Tensor | None, samples: int) -> None:
         self.task_loss += task_loss.item()
-        if cl_loss is not None:
-            self.cl_loss += cl_loss.item()
-            self.has_cl = True
+        if aux_loss is not None:
+            self.aux_loss += aux_loss.item()
+            self.has_aux = True
         self.micro_batches += 1
         self.samples += samples
         self.last_loss = task_loss.item()
 
     def flush(self, session: Session) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        sums = [self.task_loss, self.cl_loss, self.micro_batches, self.samples]
+        sums = [self.task_loss, self.aux_loss, self.micro_batches, self.samples]
         acc = session.accelerator
         if acc.num_processes > 1:  # every process logs the figures of all of them
             local = torch.tensor(sums, dtype=torch.float64, device=acc.device)
             sums = acc.reduce(local, "sum").tolist()
-        task_loss, cl_loss, micro_batches, samples = sums
+        task_loss, aux_loss, micro_batches, samples = sums
         record = {
             "loss": task_loss / max(micro_batches, 1),
             "lr": session.scheduler.get_last_lr()[0],
             "samples_per_s": samples / elapsed,
         }
-        if self.has_cl:
-            record["cl_loss"] = cl_loss / max(micro_batches, 1)
+        if self.has_aux:
+            record["aux_loss"] = aux_loss / max(micro_batches, 1)
         self._reset()
         return record
 
@@ -603,7 +604,7 @@ def _log(session: Session, values: dict[str, Any]) -> None:
         return
     append_jsonl(session.run.metrics, {"step": step, **values})
     if not sys.stdout.isatty() and "loss" in values:
-        extra = f" cl {values['cl_loss']:.4f}" if "cl_loss" in values else ""
+        extra = f" aux {values['aux_loss']:.4f}" if "aux_loss" in values else ""
         session.say(
             f"step {step}/{session.total_steps} loss {values['loss']:.4f}{extra} "
             f"lr {values['lr']:.2e} {values['samples_per_s']:.1f} samples/s"

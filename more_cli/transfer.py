@@ -48,7 +48,7 @@ def resolve_transfer(recipe: Recipe) -> Recipe:
     if source_dir is None:
         return recipe
     adapter_source(source_dir)
-    source = load_recipe(RunDir(source_dir).recipe)
+    source = load_recipe(RunDir(source_dir).recipe, resolved=True)
     label = f"transfer from {source_dir}"
     problems = []
     if recipe.model != source.model:
@@ -108,7 +108,7 @@ def old_task_names(recipe: Recipe) -> list[str]:
     """The tasks a transfer run inherits (empty for an ordinary run): the source's tasks."""
     if recipe.transfer.from_run is None:
         return []
-    return load_recipe(RunDir(recipe.transfer.from_run).recipe).task_names
+    return load_recipe(RunDir(recipe.transfer.from_run).recipe, resolved=True).task_names
 
 
 def start_transfer(model: nn.Module, recipe: Recipe) -> MultiTaskAdapter:

@@ -36,9 +36,8 @@ from more_cli.recipe_io import dump_resolved
 from more_cli.run_loading import load_run
 from more_cli.rundir import RunDir
 from more_cli.tasks import get_task
+from tests.helpers.kinds import MERGEABLE_KINDS, adapter_config
 from tests.helpers.tiny import tiny_t5
-
-KINDS = ["more", "lora", "multilora", "moelora", "mosld"]
 
 
 def randomize(model: torch.nn.Module, adapter: Any, seed: int = 0, scale: float = 0.2) -> None:
@@ -87,10 +86,10 @@ def make_run(
 # lora_factors
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MERGEABLE_KINDS)
 def test_factors_reproduce_delta_weights(kind: str) -> None:
     model = tiny_t5()
-    config = AdapterConfig(kind=kind, r=4, targets=["q", "v"], num_experts=2)
+    config = adapter_config(kind, r=4, targets=["q", "v"], num_experts=2)
     adapter = inject_adapter(model, config, ["a", "b", "c"])
     randomize(model, adapter)
     for task in adapter.tasks:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from more_cli.errors import UserError
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
+from tests.helpers.kinds import KINDS
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -29,7 +30,7 @@ KEYS = SECTIONS + [
 ]
 VALID: dict[str, Any] = {
     "model": {"name": "tiny", "family": "encoder"},
-    "adapter": {"kind": "moelora", "r": 8, "num_experts": 4, "fixed_ranks": {"rte": 2}},
+    "adapter": {"kind": "more", "r": 8, "router": "frozen_random", "fixed_ranks": {"rte": 2}},
     "tasks": [{"name": "rte"}, {"name": "mrpc", "max_train_samples": 10}],
     "data": {"max_source_length": 64},
     "train": {"lr": 0.001, "max_steps": 10, "trackers": ["tensorboard"]},
@@ -197,14 +198,17 @@ texts = st.text(max_size=15)
 def valid_recipes(draw: st.DrawFn) -> dict[str, Any]:
     """Valid recipes with arbitrary text in every string field."""
     task_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
-    r = draw(st.integers(1, 64))
+    kind = draw(st.sampled_from(KINDS))
+    r = draw(st.integers(1, 16)) * (4 if kind == "moelora" else 1)  # moelora: 4 experts
+    only_more = {"fixed_ranks": draw(st.none() | st.integers(1, r))} if kind == "more" else {}
     return {
         "model": {"name": draw(texts.filter(bool)), "revision": draw(st.none() | texts)},
         "adapter": {
+            "kind": kind,
             "r": r,
             "alpha": draw(st.floats(1e-6, 1e6)),
             "targets": draw(texts | st.lists(texts, max_size=3)),
-            "fixed_ranks": draw(st.none() | st.integers(1, r)),
+            **only_more,
         },
         "tasks": [
             {

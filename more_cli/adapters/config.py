@@ -2,15 +2,20 @@
 
 Every field is documented here, once; the recipe schema embeds this model as its
 ``adapter:`` section and the docs are generated from these descriptions.
+
+Some fields belong to one method only (``KIND_FIELDS``). Such a field is ``None`` for every
+other kind, setting it there is an error naming the kinds it applies to, and it is left
+out of every dump (``recipe.resolved.yaml``, the saved adapter description), so nothing
+shows a setting that is not in force.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-AdapterKind = Literal["more", "lora", "multilora", "moelora", "mosld"]
+AdapterKind = Literal["more", "lora", "per_task_lora", "multilora", "moelora", "mosld"]
 
 # Target presets per model family, by module leaf name (see ``injection.py``).
 TARGET_PRESETS: dict[str, list[str]] = {
@@ -22,6 +27,45 @@ TARGET_PRESETS: dict[str, list[str]] = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
 
+# The fields that only some kinds read, with their default for those kinds.
+KIND_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "rank_scaling": (("more",), True),
+    "task_embedding": (("more",), "per_layer"),
+    "task_embedding_dim": (("more", "moelora"), 64),
+    "router": (("more",), "ste"),
+    "fixed_ranks": (("more",), None),
+    "cl_weight": (("more",), 0.1),
+    "cl_temperature": (("more",), 0.05),
+    "num_experts": (("multilora", "moelora", "mosld"), 4),
+    "top_k": (("mosld",), 2),
+    "shared_dropout": (("mosld",), 0.1),
+    "balance_weight": (("mosld",), 0.01),
+}
+
+
+def applies_to(field: str, config: dict[str, Any]) -> bool:
+    """Whether ``field`` has an effect for the kind (and embedding layout) of ``config``."""
+    kinds, _ = KIND_FIELDS[field]
+    kind = config.get("kind", "more")
+    if kind not in kinds:
+        return False
+    if field == "task_embedding_dim" and kind == "more":
+        return config.get("task_embedding", "per_layer") == "shared"
+    return True
+
+
+def _inactive_message(field: str, kind: str) -> str:
+    kinds = KIND_FIELDS[field][0]
+    if field == "task_embedding_dim" and kind == "more":
+        return (
+            "task_embedding_dim has no effect with task_embedding: per_layer (those tables "
+            "are d_in wide); set task_embedding: shared or remove it"
+        )
+    applies = " and ".join(kinds)
+    if field == "task_embedding_dim":
+        applies = "more with task_embedding: shared and moelora"
+    return f"{field} has no effect for kind {kind}; it applies to {applies} only: remove it"
+
 
 class AdapterConfig(BaseModel):
     """How the adapter is built. ``kind`` switches between MoRE and the baselines."""
@@ -30,11 +74,16 @@ class AdapterConfig(BaseModel):
 
     kind: AdapterKind = Field(
         "more",
-        description="more = MoRE (nested rank experts + router); lora = one shared LoRA; "
-        "multilora = one LoRA per task; moelora = dense mixture of rank-r/E experts; "
-        "mosld = experts sharing the up-projection B.",
+        description="more = MoRE (nested rank experts, hard task router); lora = one LoRA "
+        "shared by all tasks; per_task_lora = one independent LoRA per task; multilora = "
+        "MultiLoRA (num_experts parallel LoRAs with learnable scaling, shared by all tasks); "
+        "moelora = MOELoRA (rank-r/E experts mixed by one task gate); mosld = MoSLD (experts "
+        "share the down-projection A, token-level top-k router).",
     )
-    r: int = Field(8, ge=1, le=1024, description="LoRA rank (MoRE: number of nested experts).")
+    r: int = Field(
+        8, ge=1, le=1024, description="LoRA rank (MoRE: number of nested experts; multilora "
+        "and mosld: the rank of each module / expert)."
+    )  # fmt: skip
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; updates are scaled by alpha / r.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     targets: list[str] | str = Field(
@@ -42,37 +91,81 @@ class AdapterConfig(BaseModel):
         description="Module leaf names or regexes to adapt (e.g. [q, v]), a preset name "
         "(t5, llama, bert, gpt2), or 'auto' to pick the preset from the model type.",
     )
-    rank_scaling: bool = Field(
-        True,
-        description="MoRE linear rank scaling: component i is scaled by (i+1)/r on A and B, "
-        "so the components shared by all experts move least.",
+    rank_scaling: bool | None = Field(
+        None,
+        description="more (default true): linear rank scaling, component i is scaled by "
+        "(i+1)/r on A and B, so the components shared by all experts move least.",
     )
-    task_embedding: Literal["per_layer", "shared"] = Field(
-        "per_layer",
-        description="per_layer: one task-embedding table per layer of width d_in (authors' "
-        "code); shared: one small table of width task_embedding_dim feeding every gate.",
+    task_embedding: Literal["per_layer", "shared"] | None = Field(
+        None,
+        description="more (default per_layer): per_layer = one task-embedding table per layer "
+        "of width d_in (authors' code); shared = one small table of width task_embedding_dim "
+        "feeding every gate.",
     )
-    task_embedding_dim: int = Field(
-        64, ge=1, le=65536, description="Width of the shared task-embedding table."
+    task_embedding_dim: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Width of the one task-embedding table (default 64): more with "
+        "task_embedding shared, and moelora.",
     )
-    router: Literal["ste", "frozen_random"] = Field(
-        "ste",
-        description="ste = trainable hard router with a straight-through estimator; "
-        "frozen_random = each task's rank frozen at the argmax of the random initial gate "
-        "(reproduces the authors' released behaviour).",
+    router: Literal["ste", "frozen_random"] | None = Field(
+        None,
+        description="more (default ste): ste = trainable hard router with a straight-through "
+        "estimator; frozen_random = each task's rank frozen at the argmax of the random "
+        "initial gate (reproduces the authors' released behaviour).",
     )
     fixed_ranks: dict[str, int] | int | None = Field(
         None,
-        description="Force ranks instead of routing: one rank for every task, or "
+        description="more: force ranks instead of routing, one rank for every task or "
         "{task: rank}. For ablations and tests.",
     )
-    cl_weight: float = Field(
-        0.1, ge=0.0, description="Weight lambda of the contrastive loss on task embeddings."
+    cl_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="more (default 0.1): weight lambda of the contrastive loss on task "
+        "embeddings; 0 turns it off.",
     )
-    cl_temperature: float = Field(0.05, gt=0.0, description="Temperature tau of that loss.")
-    num_experts: int = Field(
-        4, ge=1, le=1024, description="moelora / mosld: number of experts (moelora: rank r/E each)."
+    cl_temperature: float | None = Field(
+        None, gt=0.0, description="more (default 0.05): temperature tau of that loss."
     )
+    num_experts: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="multilora, moelora, mosld (default 4): parallel modules (multilora), "
+        "experts of rank r/E each (moelora), or experts sharing one A (mosld).",
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=1024, description="mosld (default 2): experts each token is routed to."
+    )
+    shared_dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="mosld (default 0.1): dropout on the shared matrix A's entries during "
+        "training (MoSLD's dropout against imbalanced updates), besides the input dropout.",
+    )
+    balance_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="mosld (default 0.01): weight of the router's load-balancing loss.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_fields(cls, data: Any) -> Any:
+        """Refuse a field that the kind does not read; fill in the ones it does."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for field, (_, default) in KIND_FIELDS.items():
+            if applies_to(field, data):
+                if data.get(field) is None:
+                    data[field] = default
+            elif data.get(field) is not None:
+                raise ValueError(_inactive_message(field, data.get("kind", "more")))
+        return data
 
     @model_validator(mode="after")
     def _check_consistency(self) -> AdapterConfig:
@@ -80,6 +173,10 @@ class AdapterConfig(BaseModel):
             raise ValueError(
                 f"moelora needs r divisible by num_experts (r={self.r}, "
                 f"num_experts={self.num_experts}); change one of them"
+            )
+        if self.kind == "mosld" and self.top_k > self.num_experts:
+            raise ValueError(
+                f"top_k={self.top_k} is more than num_experts={self.num_experts}; lower top_k"
             )
         ranks = (
             [self.fixed_ranks]
@@ -91,11 +188,30 @@ class AdapterConfig(BaseModel):
                 raise ValueError(f"fixed_ranks value {rank} must be between 1 and r={self.r}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _drop_inactive(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {
+            key: value
+            for key, value in data.items()
+            if key not in KIND_FIELDS or applies_to(key, data)
+        }
+
     @property
     def scaling(self) -> float:
         return self.alpha / self.r
 
     @property
-    def uses_router(self) -> bool:
-        """True when task embeddings and gates exist (all kinds but lora/multilora)."""
-        return self.kind in ("more", "moelora", "mosld")
+    def contrastive(self) -> bool:
+        """True when layers summarise their input for MoRE's contrastive loss."""
+        return self.kind == "more" and self.cl_weight > 0
+
+    @property
+    def task_routed(self) -> bool:
+        """True when each task has its own routing row (MoRE's router, MOELoRA's gate)."""
+        return self.kind in ("more", "moelora")
+
+    @property
+    def mergeable(self) -> bool:
+        """False for mosld: its router reads every token, so no single ΔW per task exists."""
+        return self.kind != "mosld"

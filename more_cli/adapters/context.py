@@ -1,8 +1,8 @@
 """The per-call state shared by the adapted layers of one model.
 
 A forward pre-hook fills it once per model call (task ids, routing of every layer gathered
-per sample); each layer reads its row. This is how task ids reach the layers without
-changing any model's forward signature.
+per sample, the call's attention mask); each layer reads its row. This is how task ids reach
+the layers without changing any model's forward signature.
 """
 
 from __future__ import annotations
@@ -17,20 +17,33 @@ class RoutingContext:
 
     def __init__(self) -> None:
         self.task_ids: torch.Tensor | None = None
-        self.per_sample: torch.Tensor | None = None  # [layers, batch, n] or None (lora)
-        # Summaries of the layer inputs for the contrastive loss, by layer index
-        # (``[batch, d_in]`` each); filled by layers that train with it.
+        self.per_sample: torch.Tensor | None = None  # [layers, batch, n] or None
+        # The model call's attention mask ([batch, seq]) when it had one: MoRE's
+        # contrastive loss pools the layer inputs over the non-padding positions.
+        self.attention_mask: torch.Tensor | None = None
+        # What layers hand back in a training forward, by layer index: summaries of their
+        # inputs for MoRE's contrastive loss ([batch, d_in] each) and MoSLD's
+        # load-balancing terms (scalars).
         self.summaries: dict[int, torch.Tensor] = {}
+        self.balance: dict[int, torch.Tensor] = {}
         self.merged_task: int | None = None
 
-    def set(self, task_ids: torch.Tensor, routing: torch.Tensor | None) -> None:
+    def set(
+        self,
+        task_ids: torch.Tensor,
+        routing: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> None:
         self.task_ids = task_ids
         self.per_sample = None if routing is None else routing[:, task_ids]
+        self.attention_mask = attention_mask
         self.summaries = {}
+        self.balance = {}
 
     def clear(self) -> None:
-        self.task_ids = self.per_sample = None
+        self.task_ids = self.per_sample = self.attention_mask = None
         self.summaries = {}
+        self.balance = {}
 
     def for_layer(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Task ids and routing weights ``[batch, n]`` of one layer for a batch of ``batch``."""

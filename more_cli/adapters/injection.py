@@ -13,7 +13,7 @@ from more_cli.adapters import base_layers
 from more_cli.adapters.config import TARGET_PRESETS, AdapterConfig
 from more_cli.adapters.context import RoutingContext
 from more_cli.adapters.layer import AdapterLayer
-from more_cli.adapters.router import Router
+from more_cli.adapters.router import Router, TaskGate
 from more_cli.errors import UserError
 
 ROUTER_ATTRIBUTE = "more_router"
@@ -27,6 +27,12 @@ _FAMILY_OF_MODEL_TYPE = {
     "gpt2": "gpt2",
 }  # fmt: skip
 _REGEX_CHARACTERS = set(".*+?[](){}|^$\\")
+# T5-style decoders: in the first block the self-attention and the cross-attention query see
+# only the decoder start token at position 0, the same for every sample, so their summaries
+# cannot tell tasks apart and stay out of MoRE's contrastive loss.
+_SAME_FIRST_TOKEN = re.compile(
+    r"(.*\.)?decoder\.block\.0\.layer\.(0\.SelfAttention\.[qkvo]|1\.EncDecAttention\.q)"
+)
 
 
 def resolve_target_patterns(model: nn.Module, targets: list[str] | str) -> list[str]:
@@ -78,7 +84,7 @@ class MultiTaskAdapter:
         self.tasks = list(tasks)
         self.context = RoutingContext()
         self.layers: dict[str, AdapterLayer] = {}
-        self.router: Router | None = None
+        self.router: Router | TaskGate | None = None
         self._hook = None
         self._explicit_context: torch.Tensor | None = None
 
@@ -106,17 +112,33 @@ class MultiTaskAdapter:
         """Routing of every task at every layer ``[layers, tasks, n]`` (None for lora kinds)."""
         return None if self.router is None else self.router()
 
-    def _activate(self, task_ids: torch.Tensor) -> None:
+    def _activate(self, task_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
         device = next(iter(self.layers.values())).lora_A.device
         task_ids = task_ids.to(device)
-        self.context.set(task_ids, self.routing())
+        self._check_merged_task(task_ids)
+        self.context.set(task_ids, self.routing(), attention_mask)
+
+    def _check_merged_task(self, task_ids: torch.Tensor) -> None:
+        """A merged model serves its merged task only (where the kind's update depends on
+        the task): other task ids would silently get the merged task's output."""
+        merged = self.context.merged_task
+        if merged is None or self.config.kind in ("lora", "multilora"):
+            return
+        others = sorted({self.tasks[i] for i in task_ids.tolist() if i != merged})
+        if others:
+            raise UserError(
+                f"the adapter has task {self.tasks[merged]!r} merged into the base weights, "
+                f"so it cannot serve {', '.join(map(repr, others))}; call adapter.unmerge() "
+                "first, or call the model with that task only"
+            )
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         task_ids = kwargs.pop("task_ids", None)
+        mask = kwargs.get("attention_mask")
         if task_ids is not None:
-            self._activate(self.as_task_ids(task_ids))
+            self._activate(self.as_task_ids(task_ids), mask)
         elif self._explicit_context is not None:
-            self._activate(self._explicit_context)
+            self._activate(self._explicit_context, mask)
         elif self.context.merged_task is None:
             self.context.clear()
         return args, kwargs
@@ -134,12 +156,18 @@ class MultiTaskAdapter:
             self.context.clear()
 
     def auxiliary_loss(self) -> torch.Tensor | None:
-        """Unweighted contrastive loss of the last training forward (mean over layers)."""
-        summaries = self.context.summaries
-        if self.router is None or not summaries:
-            return None
-        batch = next(iter(summaries.values())).shape[0]
-        return self.router.contrastive_loss(summaries, self.context.task_ids_for(batch))
+        """The kind's own loss term of the last training forward, weighted: add it to the
+        task loss. MoRE: ``cl_weight`` × the contrastive loss (mean over layers); MoSLD:
+        ``balance_weight`` × the load-balancing loss (mean over layers); None otherwise, and
+        when the forward did not train."""
+        summaries, balance = self.context.summaries, self.context.balance
+        if summaries and isinstance(self.router, Router):
+            batch = next(iter(summaries.values())).shape[0]
+            loss = self.router.contrastive_loss(summaries, self.context.task_ids_for(batch))
+            return None if loss is None else self.config.cl_weight * loss
+        if balance:
+            return self.config.balance_weight * torch.stack(list(balance.values())).mean()
+        return None
 
     def chosen_ranks(self) -> dict[str, dict[str, int]]:
         """The rank each task uses at each layer (MoRE); r everywhere for the other kinds."""
@@ -173,7 +201,7 @@ class MultiTaskAdapter:
         if self.router is None:
             raise UserError(
                 f"adapter kind {self.config.kind!r} has no task embeddings to add tasks to; "
-                "transfer needs kind more, moelora or mosld"
+                "transfer needs kind more or moelora"
             )
         clashes = sorted(set(tasks) & set(self.tasks))
         if clashes:
@@ -185,21 +213,30 @@ class MultiTaskAdapter:
         for table in self.router.add_tasks(len(tasks), ranks):
             table.requires_grad_(True)
         if train_gates:
-            for group in self.router.groups:
-                group.gate_weight.requires_grad_(True)
-                group.gate_bias.requires_grad_(True)
+            for gate in self.router.gate_parameters():
+                gate.requires_grad_(True)
         self.tasks.extend(tasks)
 
     # ------------------------------------------------------------------------- merging
     def delta_weights(self, task: str) -> dict[str, torch.Tensor]:
         """Exact per-layer update ``ΔW`` of one task, ``{layer: [d_out, d_in]}`` in fp32."""
         index = self.task_index(task)
+        self.check_mergeable()
         with torch.no_grad():
             routing = self.routing()
             return {
                 name: layer.delta_weight(index, None if routing is None else routing[i, index])
                 for i, (name, layer) in enumerate(self.layers.items())
             }
+
+    def check_mergeable(self) -> None:
+        """Refuse kinds whose update is not one fixed ``ΔW`` per task (mosld)."""
+        if not self.config.mergeable:
+            raise UserError(
+                f"a {self.config.kind} adapter cannot be merged or exported per task: its "
+                "router picks experts for every token, so no single weight update serves a "
+                "task; serve it unmerged (more predict, more eval)"
+            )
 
     def merge(self, task: str) -> None:
         """Add task's update into the base weights in place; the model then serves only it."""
@@ -256,8 +293,8 @@ class MultiTaskAdapter:
     def _named_parameters(self) -> dict[str, nn.Parameter]:
         named = {}
         for name, layer in self.layers.items():
-            named[f"layers.{name}.lora_A"] = layer.lora_A
-            named[f"layers.{name}.lora_B"] = layer.lora_B
+            for key, param in layer.adapter_parameters().items():
+                named[f"layers.{name}.{key}"] = param
         if self.router is not None:
             for key, param in self.router.named_parameters():
                 named[f"router.{key}"] = param
@@ -278,9 +315,11 @@ class MultiTaskAdapter:
         per_task_specific = 0
         for key, param in self.named_trainable_parameters().items():
             n = param.numel()
-            if key.startswith("layers."):
+            if key.endswith("lora_gate"):
+                counts["gates"] += n
+            elif key.startswith("layers."):
                 counts["lora"] += n
-                if self.config.kind == "multilora":
+                if self.config.kind == "per_task_lora":
                     per_task_specific += n // len(self.tasks)
             elif "embedding" in key:
                 counts["task_embeddings"] += n
@@ -334,18 +373,25 @@ def inject_adapter(
     for param in model.parameters():
         param.requires_grad_(False)
     adapter = MultiTaskAdapter(model, config, list(tasks))
-    pooling = "first" if _is_encoder_decoder(model) else "mean"
+    encoder_decoder = _is_encoder_decoder(model)
     for index, path in enumerate(paths):
         base = model.get_submodule(path)
         layer = AdapterLayer(base, config, len(tasks), index, adapter.context)
         layer.train(base.training)  # a layer injected into an eval-mode model stays in eval
-        layer.cl_pooling = pooling
+        layer.cl_pooling = "first" if encoder_decoder else "mean"
+        if encoder_decoder and _SAME_FIRST_TOKEN.fullmatch(path):
+            layer.summarises = False
         _replace_module(model, path, layer)
         adapter.layers[path] = layer
-    if config.uses_router:
+    if config.task_routed:
         widths = [layer.d_in for layer in adapter.layers.values()]
         device = next(iter(adapter.layers.values())).lora_A.device
-        adapter.router = Router(config, adapter.tasks, widths).to(device).train(model.training)
+        router = (
+            Router(config, adapter.tasks, widths)
+            if config.kind == "more"
+            else TaskGate(config, adapter.tasks, len(widths))
+        )
+        adapter.router = router.to(device).train(model.training)
         model.add_module(ROUTER_ATTRIBUTE, adapter.router)
     adapter._hook = model.register_forward_pre_hook(adapter._pre_forward, with_kwargs=True)
     model.__dict__[HANDLE_ATTRIBUTE] = adapter

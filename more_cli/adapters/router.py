@@ -1,13 +1,16 @@
-"""Task-level routing: task embeddings, one gate per adapted layer, hard or dense choices.
+"""Task-level routing: task embeddings and gates, MoRE's hard rank router and MOELoRA's gate.
 
-The router depends on the task only, never on the tokens (method.md §2), so one call
-computes the routing of *every task at every layer* as a ``[layers, tasks, n]`` tensor.
-For MoRE ``n = r`` and row ``[l, t]`` is task t's rank mask at layer l; for MOELoRA and
-MoSLD ``n = num_experts`` and the row holds dense softmax weights.
+Both depend on the task only, never on the tokens (method.md §2), so one call computes the
+routing of *every task at every layer* as a ``[layers, tasks, n]`` tensor.
 
-Layers are grouped by input width so that every group's gates run as one batched einsum:
-with ``task_embedding: per_layer`` each layer owns a table of width ``d_in`` (the authors'
-layout); with ``shared`` one small table feeds every gate.
+- :class:`Router` (MoRE): ``n = r`` and row ``[l, t]`` is task t's rank mask at layer l.
+  Layers are grouped by input width so that every group's gates run as one batched einsum:
+  with ``task_embedding: per_layer`` each layer owns a table of width ``d_in`` (the
+  authors' layout); with ``shared`` one small table feeds every gate.
+- :class:`TaskGate` (MOELoRA): ``n = num_experts`` dense softmax weights from one task
+  embedding table and one bias-free gate shared by every layer, as in MOELoRA.
+
+(MoSLD routes per token; its router lives in the layer.)
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class _WidthGroup(nn.Module):
 
 
 class Router(nn.Module):
-    """Task embeddings and gates for every adapted layer of one model.
+    """MoRE's task embeddings and gates for every adapted layer of one model.
 
     Args:
         config: the adapter config (kind, r, router mode, embedding layout, fixed ranks).
@@ -67,13 +70,14 @@ class Router(nn.Module):
         layer_widths: input width ``d_in`` of each adapted layer, in layer order.
     """
 
+    hard = True
+
     def __init__(self, config: AdapterConfig, tasks: list[str], layer_widths: list[int]) -> None:
         super().__init__()
         self.config = config
         self.num_layers = len(layer_widths)
         self.num_tasks = len(tasks)
-        self.hard = config.kind == "more"
-        outputs = config.r if self.hard else config.num_experts
+        outputs = config.r
         self.shared_embedding = (
             nn.Parameter(torch.randn(len(tasks), config.task_embedding_dim))
             if config.task_embedding == "shared"
@@ -88,9 +92,9 @@ class Router(nn.Module):
         order = [i for layers in self.group_layers for i in layers]
         self.register_buffer("_layer_order", torch.argsort(torch.tensor(order)), persistent=False)
         self.register_buffer("fixed_ranks", self._fixed_rank_table(config, tasks))
-        if self.hard and config.router == "frozen_random":
+        if config.router == "frozen_random":
             self._freeze_at_initial_choice()
-        if self.hard and bool((self.fixed_ranks > 0).all()):
+        if bool((self.fixed_ranks > 0).all()):
             # Every rank is forced: the gates play no part in the forward and must not train
             # (an unused trainable parameter breaks DDP).
             for group in self.groups:
@@ -125,6 +129,10 @@ class Router(nn.Module):
             self.frozen_choice = torch.cat([self.frozen_choice, initial], dim=1)
         return grown
 
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """The gates shared by all tasks (transfer trains them only when asked)."""
+        return [p for group in self.groups for p in (group.gate_weight, group.gate_bias)]
+
     def _embedding_tables(self) -> list[tuple[nn.Module, str]]:
         if self.shared_embedding is not None:
             return [(self, "shared_embedding")]
@@ -154,14 +162,10 @@ class Router(nn.Module):
         return torch.cat(per_group)[self._layer_order]
 
     def forward(self) -> torch.Tensor:
-        """Routing of every task at every layer: ``[layers, tasks, n]``.
-
-        MoRE: differentiable rank masks (hard in the forward, straight-through gradient to
-        the gates and task embeddings). MOELoRA / MoSLD: dense softmax expert weights.
-        """
+        """Routing of every task at every layer: ``[layers, tasks, r]``, differentiable rank
+        masks (hard in the forward, straight-through gradient to the gates and task
+        embeddings)."""
         logits = self.logits()
-        if not self.hard:
-            return logits.softmax(-1)
         if self.config.router == "frozen_random":
             choice = _one_hot_rank(self.frozen_choice, self.config.r, logits.dtype)
         else:
@@ -176,7 +180,7 @@ class Router(nn.Module):
         return choice.flip(-1).cumsum(-1).flip(-1)
 
     def chosen_ranks(self) -> torch.Tensor:
-        """MoRE: the rank each task uses at each layer, ``[layers, tasks]`` (1..r)."""
+        """The rank each task uses at each layer, ``[layers, tasks]`` (1..r)."""
         with torch.no_grad():
             return self.forward().round().sum(-1).long()
 
@@ -184,8 +188,6 @@ class Router(nn.Module):
         """Gate probability of the chosen expert, ``[layers, tasks]``."""
         with torch.no_grad():
             probs = self.logits().softmax(-1)
-            if not self.hard:
-                return probs.max(-1).values
             chosen = self.chosen_ranks() - 1
             return probs.gather(-1, chosen[..., None])[..., 0]
 
@@ -227,6 +229,60 @@ class Router(nn.Module):
             return self.shared_embedding.detach()
         per_layer = [group.embedding.detach().permute(1, 0, 2) for group in self.groups]
         return torch.cat([p.reshape(self.num_tasks, -1) for p in per_layer], dim=-1)
+
+
+class TaskGate(nn.Module):
+    """MOELoRA's gate: ``w_t = softmax(W_g e_t)`` over the experts, one task-embedding table
+    (width ``task_embedding_dim``) and one bias-free gate shared by all adapted layers, as in
+    the MOELoRA reference code.
+
+    Args:
+        config: the adapter config (num_experts, task_embedding_dim).
+        tasks: task names, in task-id order.
+        num_layers: adapted layers; each reads the same weights.
+    """
+
+    hard = False
+
+    def __init__(self, config: AdapterConfig, tasks: list[str], num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        self.num_tasks = len(tasks)
+        # nn.Embedding's and nn.Linear's default initialisations, as in the reference.
+        self.embedding = nn.Parameter(torch.randn(len(tasks), config.task_embedding_dim))
+        bound = 1.0 / math.sqrt(config.task_embedding_dim)
+        self.gate_weight = nn.Parameter(
+            torch.empty(config.num_experts, config.task_embedding_dim).uniform_(-bound, bound)
+        )
+
+    def logits(self) -> torch.Tensor:
+        """Gate logits ``[layers, tasks, E]`` (the same at every layer; a view, no copy)."""
+        scores = self.embedding @ self.gate_weight.T
+        return scores[None].expand(self.num_layers, -1, -1)
+
+    def forward(self) -> torch.Tensor:
+        return self.logits().softmax(-1)
+
+    def confidence(self) -> torch.Tensor:
+        """Largest expert weight per layer and task, ``[layers, tasks]``."""
+        with torch.no_grad():
+            return self.forward().max(-1).values
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [self.gate_weight]
+
+    def add_tasks(self, count: int, fixed_ranks: list[int]) -> list[nn.Parameter]:
+        """Grow the task-embedding table by ``count`` rows; only the new rows train."""
+        del fixed_ranks  # MOELoRA has no ranks to fix
+        old = self.num_tasks
+        fresh = torch.randn(count, self.embedding.shape[-1]).to(self.embedding)
+        self.embedding = nn.Parameter(torch.cat([self.embedding.detach(), fresh]))
+        self.embedding.register_hook(_keep_rows_fixed(0, old))
+        self.num_tasks = old + count
+        return [self.embedding]
+
+    def task_embeddings(self) -> torch.Tensor:
+        return self.embedding.detach()
 
 
 def _keep_rows_fixed(task_dim: int, rows: int):

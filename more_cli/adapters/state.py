@@ -15,13 +15,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from more_cli.adapters.config import AdapterConfig
+from more_cli.adapters.config import KIND_FIELDS, AdapterConfig, applies_to
 from more_cli.adapters.injection import MultiTaskAdapter, inject_adapter
 from more_cli.atomic import atomic_write_bytes
 from more_cli.errors import UserError
 from more_cli.sharded import copy_whole_into, whole
 
-FORMAT_VERSION = 1
+# 2: baselines rebuilt as their papers define them (multilora is MultiLoRA, the old per-task
+# LoRA is per_task_lora; moelora and mosld changed shape); config keys a kind does not read
+# are no longer written.
+FORMAT_VERSION = 2
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
@@ -76,7 +79,25 @@ def read_description(directory: str | Path) -> dict:
             f"{path} has format version {version}, newer than this more understands "
             f"({FORMAT_VERSION}); upgrade more"
         )
-    return description
+    return _upgraded(description, path) if version < 2 else description
+
+
+def _upgraded(description: dict, path: Path) -> dict:
+    """A format-1 description in today's terms: ``multilora`` then meant one LoRA per task
+    (today's ``per_task_lora``, same tensors), and every config key was written whatever the
+    kind. Format-1 moelora and mosld adapters have other tensors than today's kinds."""
+    config = description.get("config")
+    if not isinstance(config, dict):
+        return description
+    kind = config.get("kind", "more")
+    if kind in ("moelora", "mosld"):
+        raise UserError(
+            f"{path} is a {kind} adapter in format 1, from before {kind} was rebuilt as its "
+            "paper defines it; its tensors do not fit today's kind: train it again"
+        )
+    config = dict(config) | {"kind": "per_task_lora" if kind == "multilora" else kind}
+    config = {k: v for k, v in config.items() if k not in KIND_FIELDS or applies_to(k, config)}
+    return description | {"config": config}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -99,7 +99,7 @@ def predict(
 
     # Check the run and every row before the model is loaded.
     adapter_source(run_dir, checkpoint)
-    tasks = RunTasks(load_recipe(RunDir(run_dir).recipe))
+    tasks = RunTasks(load_recipe(RunDir(run_dir).recipe, resolved=True))
     if input_path is None or str(input_path) == "-":
         if sys.stdin.isatty():
             raise UserError("no input: give --input FILE, or pipe JSON lines into stdin")

@@ -91,11 +91,12 @@ def train(
     from more_cli.training import TrainingInterrupted
     from more_cli.training import train as run_training
 
-    if recipe.is_dir():
+    run_given = recipe.is_dir()
+    if run_given:
         # A run directory: train (usually resume) with the recipe it was started with.
         output_dir = output_dir or recipe
         recipe = RunDir(recipe).recipe
-    loaded = load_recipe(recipe, overrides or [])
+    loaded = load_recipe(recipe, overrides or [], resolved=run_given)
     if output_dir is not None:
         loaded = loaded.model_copy(update={"output_dir": output_dir})
     launch = LaunchOptions(

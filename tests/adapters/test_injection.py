@@ -8,6 +8,7 @@ import torch
 from more_cli.adapters import AdapterConfig, get_adapter, inject_adapter
 from more_cli.errors import UserError
 from tests.adapters.conftest import BUILDERS, model_inputs, output_of, randomize_adapter
+from tests.helpers.kinds import MERGEABLE_KINDS, adapter_config
 
 TASKS = ["alpha", "beta"]
 EXPECTED_LEAVES = {
@@ -72,10 +73,10 @@ def test_task_context_routes_generate() -> None:
     assert generated.shape == (2, 9)
 
 
-@pytest.mark.parametrize("kind", ["more", "lora", "multilora", "moelora", "mosld"])
+@pytest.mark.parametrize("kind", MERGEABLE_KINDS)
 def test_merged_output_equals_adapter_output(family: str, kind: str) -> None:
     model = BUILDERS[family]()
-    adapter = inject_adapter(model, AdapterConfig(kind=kind, r=4, num_experts=2), TASKS)
+    adapter = inject_adapter(model, adapter_config(kind, r=4, num_experts=2), TASKS)
     randomize_adapter(adapter, scale=0.05)
     inputs = model_inputs(family, batch=2)
     with torch.no_grad():
@@ -87,6 +88,46 @@ def test_merged_output_equals_adapter_output(family: str, kind: str) -> None:
             merged = output_of(model, inputs)
             adapter.unmerge()
             torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", MERGEABLE_KINDS)
+def test_a_merged_adapter_serves_other_tasks_correctly_or_refuses(kind: str) -> None:
+    """After merge("alpha") a call for beta must give beta's output or a clear error, never
+    alpha's output: kinds whose update is the same for every task give the right output."""
+    model = BUILDERS["t5"]()
+    adapter = inject_adapter(model, adapter_config(kind, r=4, num_experts=2), TASKS)
+    randomize_adapter(adapter, scale=0.05)
+    inputs = model_inputs("t5", batch=2)
+    beta = torch.tensor([1, 1])
+    with torch.no_grad():
+        expected = output_of(model, inputs, task_ids=beta)
+        adapter.merge("alpha")
+        if kind in ("lora", "multilora"):
+            torch.testing.assert_close(
+                output_of(model, inputs, task_ids=beta), expected, atol=1e-5, rtol=1e-5
+            )
+        else:
+            with pytest.raises(UserError, match="'alpha' merged.*cannot serve 'beta'"):
+                output_of(model, inputs, task_ids=beta)
+            with (
+                pytest.raises(UserError, match="cannot serve 'beta'"),
+                adapter.task_context(["alpha", "beta"]),
+            ):
+                pass
+        merged_alpha = output_of(model, inputs, task_ids=torch.tensor([0, 0]))
+        adapter.unmerge()
+        torch.testing.assert_close(
+            merged_alpha, output_of(model, inputs, task_ids=torch.tensor([0, 0])),
+            atol=1e-5, rtol=1e-5,
+        )  # fmt: skip
+        torch.testing.assert_close(output_of(model, inputs, task_ids=beta), expected)
+
+
+def test_mosld_refuses_to_merge_with_the_reason() -> None:
+    adapter = inject_adapter(BUILDERS["t5"](), AdapterConfig(kind="mosld", r=4), TASKS)
+    for attempt in (adapter.merge, adapter.merge_and_unload, adapter.delta_weights):
+        with pytest.raises(UserError, match="picks experts for every token"):
+            attempt("alpha")
 
 
 def test_merge_and_unload_leaves_a_plain_model() -> None:
@@ -106,12 +147,18 @@ def test_merge_and_unload_leaves_a_plain_model() -> None:
 
 def test_parameter_counts_by_kind() -> None:
     counts = {
-        kind: inject_adapter(
-            BUILDERS["t5"](), AdapterConfig(kind=kind, r=4), TASKS
-        ).parameter_counts()
-        for kind in ["lora", "multilora", "more"]
+        kind: inject_adapter(BUILDERS["t5"](), adapter_config(kind, r=4), TASKS).parameter_counts()
+        for kind in ["lora", "per_task_lora", "multilora", "more"]
     }
     assert counts["lora"]["total"] == counts["lora"]["lora_same_rank"]
-    assert counts["multilora"]["lora"] == len(TASKS) * counts["lora"]["lora"]
+    assert counts["per_task_lora"]["lora"] == len(TASKS) * counts["lora"]["lora"]
+    # MultiLoRA: 4 parallel modules shared by all tasks, plus one scaling vector per module
+    scales = 4 * sum(
+        layer.d_out
+        for layer in inject_adapter(
+            BUILDERS["t5"](), AdapterConfig(kind="lora", r=4), TASKS
+        ).layers.values()
+    )
+    assert counts["multilora"]["lora"] == 4 * counts["lora"]["lora"] + scales
     assert counts["more"]["lora"] == counts["lora"]["lora"]
     assert counts["more"]["task_embeddings"] > 0 and counts["more"]["gates"] > 0

@@ -7,9 +7,9 @@ import torch
 
 from more_cli.adapters import AdapterConfig, inject_adapter
 from tests.adapters.conftest import BUILDERS, model_inputs, output_of, randomize_adapter
+from tests.helpers.kinds import KINDS, adapter_config
 
 TASKS = ["alpha", "beta", "gamma"]
-KINDS = ["more", "lora", "multilora", "moelora", "mosld"]
 
 
 def test_more_at_full_rank_without_scaling_equals_lora(family: str) -> None:
@@ -35,7 +35,7 @@ def test_more_at_full_rank_without_scaling_equals_lora(family: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_mixed_task_batch_equals_each_task_alone(family: str, kind: str) -> None:
     model = BUILDERS[family]()
-    adapter = inject_adapter(model, AdapterConfig(kind=kind, r=4, num_experts=2), TASKS)
+    adapter = inject_adapter(model, adapter_config(kind, r=4, num_experts=2), TASKS)
     randomize_adapter(adapter)
     inputs = model_inputs(family, batch=5)
     task_ids = torch.tensor([2, 0, 1, 0, 2])
@@ -51,7 +51,9 @@ def test_mixed_task_batch_equals_each_task_alone(family: str, kind: str) -> None
                 for i in range(5)
             ]
         )
-    torch.testing.assert_close(mixed, alone, atol=1e-4, rtol=1e-4)  # batching order only
+    # Batching order only (mosld's token router adds one more matmul of rounding).
+    tolerance = 3e-4 if kind == "mosld" else 1e-4
+    torch.testing.assert_close(mixed, alone, atol=tolerance, rtol=tolerance)
 
 
 def test_tasks_at_different_ranks_give_different_outputs() -> None:
@@ -72,9 +74,7 @@ def test_every_kind_learns_a_toy_problem(kind: str) -> None:
     """A few AdamW steps on a fixed multi-task batch must lower the loss."""
     torch.manual_seed(0)
     model = BUILDERS["llama"]()
-    adapter = inject_adapter(
-        model, AdapterConfig(kind=kind, r=4, num_experts=2, dropout=0.0), TASKS
-    )
+    adapter = inject_adapter(model, adapter_config(kind, r=4, num_experts=2, dropout=0.0), TASKS)
     model.train()
     inputs = model_inputs("llama", batch=6, seed=1)
     task_ids = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -96,7 +96,7 @@ def test_every_kind_learns_a_toy_problem(kind: str) -> None:
 def test_batch_with_some_tasks_leaves_no_trainable_parameter_unused(kind: str) -> None:
     """DDP fails on parameters outside the graph; per-task state lives in stacked tensors."""
     model = BUILDERS["t5"]()
-    adapter = inject_adapter(model, AdapterConfig(kind=kind, r=4, num_experts=2), TASKS)
+    adapter = inject_adapter(model, adapter_config(kind, r=4, num_experts=2), TASKS)
     randomize_adapter(adapter)
     model.train()
     inputs = model_inputs("t5", batch=2)

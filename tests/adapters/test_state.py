@@ -11,16 +11,17 @@ from more_cli.adapters import AdapterConfig, inject_adapter, load_adapter, save_
 from more_cli.adapters.state import CONFIG_FILE, WEIGHTS_FILE
 from more_cli.errors import UserError
 from tests.adapters.conftest import BUILDERS, model_inputs, output_of, randomize_adapter
+from tests.helpers.kinds import KINDS, adapter_config
 
 TASKS = ["alpha", "beta"]
 
 
-@pytest.mark.parametrize("kind", ["more", "lora", "multilora", "moelora", "mosld"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_round_trip_is_exact(tmp_path, kind: str) -> None:
     torch.manual_seed(0)
     model = BUILDERS["t5"]()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    config = AdapterConfig(kind=kind, r=4, num_experts=2, router="frozen_random")
+    config = adapter_config(kind, r=4, num_experts=2, router="frozen_random")
     adapter = inject_adapter(model, config, TASKS)
     randomize_adapter(adapter)
     save_adapter(adapter, tmp_path)

@@ -94,3 +94,26 @@ def test_commands_need_a_run_directory(tmp_path: Path) -> None:
 def test_help_shows_an_example(command: str) -> None:
     code, out, _ = _more(command, "--help")
     assert code == 0 and f"more {command} runs/" in out
+
+
+def test_a_mosld_run_trains_and_inspects_but_merge_says_why_not(
+    write_recipe: Callable[..., Path], run_dir: Path
+) -> None:
+    recipe = write_recipe(adapter={"kind": "mosld", "num_experts": 2}, train={"max_steps": 3})
+    code, out, err = _more("train", recipe)
+    assert code == 0, err
+    assert "aux" in out  # the load-balancing loss is logged beside the task loss
+    code, out, err = _more("merge", run_dir, "--task", "rte")
+    assert code == 2 and err.startswith("error: ") and "every token" in err
+    assert "Traceback" not in err and not (run_dir / "exports").exists()
+    code, out, err = _more("inspect", run_dir)
+    assert code == 0, err
+
+
+def test_a_key_the_kind_does_not_read_stops_before_training(
+    write_recipe: Callable[..., Path], run_dir: Path
+) -> None:
+    recipe = write_recipe(adapter={"kind": "moelora", "fixed_ranks": 2})
+    code, _, err = _more("train", recipe)
+    assert code == 2 and "fixed_ranks has no effect for kind moelora" in err
+    assert "Traceback" not in err and not run_dir.exists()

@@ -1,0 +1,239 @@
+"""Quality study on all 8 GLUE tasks: each method's learning rate picked on val_select, then
+three seeds scored once on val_test, with paired differences to LoRA.
+
+The setting (calibrated so that plain LoRA clears every task's trivial score, see
+docs/benchmarks.md): the MiniLM encoder (``demo:minilm``, one head per task), the 8 tasks of
+the local GLUE copy (``../shared/data/glue``), every training split capped at 9,000 rows
+(only SST-2 is larger), inputs cut at 64 tokens, balanced sampling, batch 16, r = 8,
+alpha = 32, adapters on every linear layer (``bert`` targets), the same steps, data and
+heads for every method. Each run evaluates on ``val_select`` every quarter of its steps and
+keeps the best checkpoint; that checkpoint is scored once on ``val_test``.
+
+Protocol, in two stages that can be run (and resumed) separately:
+
+1. ``--stage select``: every method at every learning rate of the grid, seed 2023. A
+   method's learning rate is the one with the best ``val_select`` average.
+2. ``--stage test``: seeds 2024 and 2025 at each method's picked rate. Seed 2023 is the
+   selection run at that rate: its ``val_test`` score was written once at the end of its
+   training and plays no part in the choice.
+
+The report gives per-task mean ± std over the three seeds, the average, and for every method
+the paired per-seed difference of the average to LoRA with a 95 % t-interval (scipy).
+Runs are reused and resumed exactly as in :mod:`benchmarks.quality`; the results JSON is
+rewritten after every run, so a stopped study keeps what it finished.
+
+    python -m benchmarks.glue8 --stage select              # 5 methods x 3 rates
+    python -m benchmarks.glue8 --stage test                # 5 methods x 2 more seeds
+    python -m benchmarks.glue8 --stage select --configs lora more --lrs 1e-3
+    python -m benchmarks.glue8 --report                    # tables from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy import stats
+
+from benchmarks.common import RESULTS_DIR, environment
+from benchmarks.quality import (
+    ALPHA,
+    DEFAULT_GLUE_DIR,
+    HEADLINE_NAMES,
+    METHODS,
+    RANK,
+    REPO_ROOT,
+    Job,
+    Settings,
+    cell,
+    check_glue_dir,
+    encoder_recipe,
+    mean_std,
+    run_jobs,
+)
+from more_cli.rundir import read_json
+
+TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
+SELECT_SEED, TEST_SEEDS = 2023, (2024, 2025)
+LR_GRID = (3e-4, 1e-3, 3e-3)
+# eval_samples caps the validation split before it is halved: only QNLI (5,463) is cut.
+SETTINGS = Settings(
+    steps=3000,
+    seeds=(SELECT_SEED, *TEST_SEEDS),
+    train_samples=9000,
+    eval_samples=2000,
+    batch_size=16,
+    lr=LR_GRID[1],
+    max_source_length=64,
+)
+CONFIGS = {name: fields for name, fields in METHODS.items() if name != "per_task_lora"}
+OUT_JSON = RESULTS_DIR / "glue8.json"
+
+
+def job(config: str, seed: int, lr: float, settings: Settings, glue_dir: Path, work: Path) -> Job:
+    run_dir = work / f"{config}-lr{lr:g}-s{seed}"
+    train = {"lr": lr, "eval_every": max(settings.steps // 4, 1), "save_every": settings.steps}
+    recipe = encoder_recipe(
+        config, seed, settings, glue_dir, run_dir,
+        adapter=CONFIGS[config], tasks=TASKS, train=train,
+    )  # fmt: skip
+    return Job(config, seed, recipe, threads=1)
+
+
+def picked_lrs(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Per method, the grid rate whose selection-seed run has the best val_select average."""
+    best: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        if run["seed"] != SELECT_SEED or run.get("select_average") is None:
+            continue
+        if (
+            run["config"] not in best
+            or run["select_average"] > best[run["config"]]["select_average"]
+        ):
+            best[run["config"]] = run
+    return {config: run["lr"] for config, run in best.items()}
+
+
+def summarize_study(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The selection table (val_select per rate) and, at each picked rate, the test summary
+    over seeds with paired differences to LoRA."""
+    picked = picked_lrs(runs)
+    selection = {
+        config: {f"{run['lr']:g}": run["select_average"] for run in runs
+                 if run["config"] == config and run["seed"] == SELECT_SEED}
+        for config in dict.fromkeys(run["config"] for run in runs)
+    }  # fmt: skip
+    chosen = {
+        config: sorted(
+            (r for r in runs if r["config"] == config and r["lr"] == lr), key=lambda r: r["seed"]
+        )
+        for config, lr in picked.items()
+    }
+    test: dict[str, Any] = {}
+    for config, mine in chosen.items():
+        tasks = list(mine[0]["tasks"])
+        test[config] = {
+            "lr": picked[config],
+            "seeds": [r["seed"] for r in mine],
+            "tasks": {t: mean_std([r["tasks"][t]["headline"] for r in mine]) for t in tasks},
+            "average": mean_std([r["average"] for r in mine]),
+            "parameters": mine[0]["parameters"],
+        }
+        if config != "lora" and "lora" in chosen:
+            test[config]["vs_lora"] = paired_difference(mine, chosen["lora"])
+    return {"picked_lr": picked, "selection": selection, "test": test}
+
+
+def paired_difference(
+    runs: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """Per seed both have, ``average - reference average``; mean and 95 % t-interval."""
+    by_seed = {r["seed"]: r["average"] for r in reference}
+    pairs = {r["seed"]: r["average"] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed}
+    values = list(pairs.values())
+    result: dict[str, Any] = {"per_seed": pairs, "mean": statistics.fmean(values)}
+    if len(values) > 1:
+        half = stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
+        result["ci95"] = [result["mean"] - half, result["mean"] + half]
+    return result
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The selection table and the test table of a study summary."""
+    lines = ["Learning-rate selection (val_select average, seed 2023; picked rate in bold):", ""]
+    grid = sorted({lr for rates in summary["selection"].values() for lr in rates}, key=float)
+    lines += ["| config | " + " | ".join(f"lr {lr}" for lr in grid) + " |",
+              "|---|" + "---:|" * len(grid)]  # fmt: skip
+    for config, rates in summary["selection"].items():
+        picked = f"{summary['picked_lr'].get(config, 0):g}"
+        cells = [
+            ("—" if rates.get(lr) is None else
+             f"**{rates[lr]:.1f}**" if lr == picked else f"{rates[lr]:.1f}")
+            for lr in grid
+        ]  # fmt: skip
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    test = summary["test"]
+    if not test:
+        return "\n".join(lines)
+    tasks = list(next(iter(test.values()))["tasks"])
+    header = [f"{t} {HEADLINE_NAMES.get(t, '')}".strip() for t in tasks]
+    lines += ["", "val_test at the picked rate (mean ± std over seeds):", "",
+              "| config | lr | seeds | " + " | ".join(header)
+              + " | average | Δ vs lora (per seed) | 95 % CI |",
+              "|---|---:|---:|" + "---:|" * (len(tasks) + 3)]  # fmt: skip
+    for config, row in test.items():
+        diff = row.get("vs_lora")
+        per_seed = " / ".join(f"{d:+.1f}" for d in diff["per_seed"].values()) if diff else "—"
+        interval = (
+            f"[{diff['ci95'][0]:+.1f}, {diff['ci95'][1]:+.1f}]" if diff and "ci95" in diff else "—"
+        )
+        cells = [cell(row["tasks"][t]) for t in tasks]
+        lines.append(
+            f"| {config} | {row['lr']:g} | {len(row['seeds'])} | " + " | ".join(cells)
+            + f" | **{cell(row['average'])}** | {per_seed} | {interval} |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=["select", "test"])
+    parser.add_argument("--report", action="store_true", help="tables from the JSON only")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID))
+    parser.add_argument("--steps", type=int, default=SETTINGS.steps)
+    parser.add_argument("--glue-dir", type=Path, default=DEFAULT_GLUE_DIR)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT_JSON)
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "runs" / "bench-glue8")
+    args_given = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(args_given)
+    if args.report or args.stage is None:
+        print(markdown(read_json(args.out)["summary"]))
+        return
+    settings = Settings(**asdict(SETTINGS) | {"steps": args.steps})
+    glue_dir = args.glue_dir.resolve()
+    check_glue_dir(glue_dir, TASKS)
+    payload = {
+        "suite": "glue8",
+        "command": shlex.join(["python", "-m", "benchmarks.glue8", *args_given]),
+        "model": "demo:minilm (all-MiniLM-L6-v2)",
+        "tasks": list(TASKS),
+        "settings": asdict(settings) | {"r": RANK, "alpha": ALPHA, "targets": "bert"},
+        "configs": CONFIGS,
+        "environment": environment(torch.device("cpu")) | {"workers": args.workers},
+    }
+    earlier = read_json(args.out) if args.out.is_file() else {}
+    kept = earlier.get("runs", []) if earlier.get("settings") == payload["settings"] else []
+    done = {(r["config"], r["seed"], r["lr"]) for r in kept}
+    work = args.work_dir.resolve()
+    if args.stage == "select":
+        wanted = [(c, SELECT_SEED, lr) for lr in args.lrs for c in args.configs]
+    else:
+        picked = picked_lrs(kept)
+        missing = [c for c in args.configs if c not in picked]
+        if missing:
+            sys.exit(f"error: no selection run for {', '.join(missing)}; run --stage select first")
+        wanted = [(c, seed, picked[c]) for seed in TEST_SEEDS for c in args.configs]
+    jobs = [
+        job(config, seed, lr, settings, glue_dir, work)
+        for config, seed, lr in wanted
+        if (config, seed, lr) not in done
+    ]
+    print(f"{len(kept)} runs kept from {args.out}, {len(jobs)} to train", flush=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    kept = [run | {"reused": True} for run in kept]
+    payload = run_jobs(jobs, args.workers, payload, args.out, kept, summarize_study)
+    print(markdown(payload["summary"]))
+
+
+if __name__ == "__main__":
+    main()

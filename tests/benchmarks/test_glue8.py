@@ -1,0 +1,53 @@
+"""The 8-task study's bookkeeping: rate picked on val_select only, paired statistics."""
+
+from __future__ import annotations
+
+import pytest
+from scipy import stats
+
+from benchmarks.glue8 import markdown, paired_difference, picked_lrs, summarize_study
+
+
+def _run(config: str, seed: int, lr: float, select: float, test: float) -> dict:
+    return {
+        "config": config, "seed": seed, "lr": lr, "select_average": select,
+        "tasks": {"rte": {"headline": test}}, "average": test, "parameters": None,
+    }  # fmt: skip
+
+
+RUNS = [
+    _run("lora", 2023, 1e-3, 60.0, 50.0),
+    _run("lora", 2023, 3e-3, 58.0, 99.0),  # best on val_test, worse on val_select
+    _run("more", 2023, 1e-3, 59.0, 51.0),
+    _run("more", 2023, 3e-3, 61.0, 53.0),
+    _run("lora", 2024, 1e-3, None, 52.0),
+    _run("more", 2024, 3e-3, None, 55.0),
+    _run("lora", 2025, 1e-3, None, 54.0),
+    _run("more", 2025, 3e-3, None, 54.0),
+    _run("more", 2024, 1e-3, None, 90.0),  # not at the picked rate: ignored
+]
+
+
+def test_the_rate_is_picked_on_val_select_never_on_val_test() -> None:
+    assert picked_lrs(RUNS) == {"lora": 1e-3, "more": 3e-3}
+
+
+def test_paired_differences_and_interval() -> None:
+    summary = summarize_study(RUNS)
+    more = summary["test"]["more"]
+    assert more["seeds"] == [2023, 2024, 2025] and more["lr"] == 3e-3
+    diff = more["vs_lora"]
+    assert diff["per_seed"] == {2023: 3.0, 2024: 3.0, 2025: 0.0}
+    assert diff["mean"] == pytest.approx(2.0)
+    half = stats.t.ppf(0.975, 2) * stats.sem([3.0, 3.0, 0.0])
+    assert diff["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
+    assert "vs_lora" not in summary["test"]["lora"]
+    assert summary["selection"]["lora"] == {"0.001": 60.0, "0.003": 58.0}
+
+
+def test_one_seed_has_no_interval_and_the_tables_render() -> None:
+    one = [r for r in RUNS if r["seed"] == 2023]
+    assert "ci95" not in paired_difference(one, one)
+    text = markdown(summarize_study(RUNS))
+    assert "| more | 3e-03 |" not in text and "| more | 0.003 | 3 |" in text
+    assert "**61.0**" in text and "+3.0 / +3.0 / +0.0" in text
