@@ -197,7 +197,7 @@ def run_job(job: Job) -> dict[str, Any]:
     run_dir = Path(job.recipe.output_dir)
     state = run_state(run_dir, job.recipe)
     if state != "finished":
-        from more_cli.training import train  # heavy import, only where training happens
+        from more_cli.training.loop import train  # heavy import, only where training happens
 
         if state == "fresh":
             shutil.rmtree(run_dir, ignore_errors=True)

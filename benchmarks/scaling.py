@@ -119,7 +119,7 @@ def _kib(field: str) -> int:
 def probe_memory(recipe: Path) -> dict:
     """Peak MiB of training ``recipe`` above this process after imports (run it fresh)."""
     from more_cli.recipe_io import load_recipe
-    from more_cli.training import train
+    from more_cli.training.loop import train
 
     before = _kib("VmRSS")
     CLEAR_REFS.write_text("5")

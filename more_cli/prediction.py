@@ -18,7 +18,7 @@ each with its line number.
 
 Rows are scored in input order, in batches that mix tasks: the adapter routes every sample
 by its own task id, so one forward serves the whole mix (method.md §1). Scoring is
-:mod:`more_cli.evaluation`'s: rank classification over the task's candidates for seq2seq and
+:mod:`more_cli.evaluation.predict`'s: rank classification over the task's candidates for seq2seq and
 decoder runs (``batch_size`` bounds (row, candidate) pairs per forward), the task heads for
 encoder runs. A one-task input in the same batch size gives bit-identical predictions to
 ``more eval``; mixed batches pad differently, which moves probabilities only by float
@@ -43,7 +43,7 @@ from more_cli.data import (
     text_to_text_feature,
 )
 from more_cli.errors import UserError
-from more_cli.evaluation import (
+from more_cli.evaluation.predict import (
     Prediction,
     prediction_from_candidate_scores,
     prediction_from_head_logits,
@@ -344,7 +344,7 @@ def _candidate_scores(
     """Summed log-likelihood of each row's candidates: one tensor per row.
 
     The (row, candidate) pairs of all rows are batched together, each tagged with its row's
-    task id, as :func:`more_cli.evaluation.candidate_scores` does for one task.
+    task id, as :func:`more_cli.evaluation.predict.candidate_scores` does for one task.
     """
     collator = Collator(pad_token_id(tokenizer), family)
     pairs = [(row, a) for row, options in enumerate(answers) for a in range(len(options))]

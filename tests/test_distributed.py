@@ -34,7 +34,7 @@ from more_cli.recipe import ModelConfig, TaskConfig
 from more_cli.recipe_io import load_recipe
 from more_cli.rundir import RunDir, read_run_info, write_run_info
 from more_cli.tasks import get_task
-from more_cli.training import train
+from more_cli.training.loop import train
 from tests.helpers.subprocess_runs import ROOT, more_train, run_python
 
 

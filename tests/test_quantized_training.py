@@ -17,12 +17,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from more_cli import modeling
 from more_cli.errors import UserError
-from more_cli.evaluation import predict
+from more_cli.evaluation.predict import predict
 from more_cli.export import export_run
 from more_cli.recipe import ModelConfig
 from more_cli.recipe_io import load_recipe
 from more_cli.tasks import compute_metrics, get_task
-from more_cli.training import train
+from more_cli.training.loop import train
 from tests.helpers.subprocess_runs import more_train
 from tests.helpers.tiny import TINY_VOCAB, accept_task_ids, tiny_tokenizer
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from transformers import AutoModel
 from typer.testing import CliRunner
 
-from more_cli import modeling, rundir, training
+from more_cli import modeling, rundir
 from more_cli.adapters import AdapterConfig, inject_adapter, save_adapter
 from more_cli.cli.app import app
 from more_cli.errors import UserError
@@ -45,7 +45,9 @@ from more_cli.rundir import (
     write_run_info,
 )
 from more_cli.tasks import get_task
-from more_cli.training import train
+from more_cli.training import checkpoints, loop
+from more_cli.training import session as training_session
+from more_cli.training.loop import train
 from tests.helpers.tiny import tiny_llama
 from tests.tasks.rows import write_jsonl
 
@@ -109,16 +111,16 @@ def run_copy(encoder_run: Path, tmp_path: Path) -> RunDir:
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(
     write_recipe: Callable[..., Path], run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = training._evaluate_if_due
+    original = loop._evaluate_if_due
 
-    def evaluate_then_signal(session: training.Session) -> bool:
+    def evaluate_then_signal(session: loop.Session) -> bool:
         if session.state.step == 2:
             signal.raise_signal(signal.SIGTERM)
         return original(session)
 
     recipe = write_recipe(train={"max_steps": 4})  # no save_every: the signal alone saves
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_evaluate_if_due", evaluate_then_signal)
+        patch.setattr(loop, "_evaluate_if_due", evaluate_then_signal)
         code, out, err = _more("train", recipe)
     assert code == 143, err
     assert "interrupted at step 2; checkpoint saved." in out
@@ -138,9 +140,9 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
     write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = training._write_trainer_state
+    original = checkpoints._write_trainer_state
 
-    def disk_full_at_step_2(session: training.Session, directory: Path, *state: object) -> None:
+    def disk_full_at_step_2(session: loop.Session, directory: Path, *state: object) -> None:
         if session.state.step == 2:
             directory.mkdir()
             (directory / "optimizer.safetensors").write_bytes(b"\0" * 10)
@@ -149,7 +151,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
 
     recipe = load_recipe(write_recipe(train={"max_steps": 3, "save_every": 1}))
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_write_trainer_state", disk_full_at_step_2)
+        patch.setattr(checkpoints, "_write_trainer_state", disk_full_at_step_2)
         with pytest.raises(OSError, match="No space left"):
             train(recipe)
     run = RunDir(recipe.output_dir)
@@ -453,13 +455,13 @@ def test_a_nan_class_label_names_the_row(tmp_path: Path) -> None:
 def test_an_infinite_loss_stops_and_keeps_the_last_good_checkpoint(
     write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = training._forward
+    original = loop._forward
 
-    def overflow_at_step_2(session: training.Session, batch: dict) -> tuple:
+    def overflow_at_step_2(session: loop.Session, batch: dict) -> tuple:
         loss, task_loss, cl_loss = original(session, batch)
         return (loss + float("inf") if session.state.step == 1 else loss), task_loss, cl_loss
 
-    monkeypatch.setattr(training, "_forward", overflow_at_step_2)
+    monkeypatch.setattr(loop, "_forward", overflow_at_step_2)
     recipe = load_recipe(write_recipe(train={"max_steps": 3, "save_every": 1}))
     with pytest.raises(UserError, match="the loss became inf at step 2") as error:
         train(recipe)
@@ -475,7 +477,7 @@ def test_fp16_without_a_gpu_is_refused_before_loading(
     def must_not_load(*args: object, **kwargs: object) -> None:
         raise AssertionError("the base model was loaded before the precision check")
 
-    monkeypatch.setattr(training, "load_base", must_not_load)
+    monkeypatch.setattr(training_session, "load_base", must_not_load)
     code, _, err = _more("train", write_recipe(train={"precision": "fp16"}))
     assert "train.precision fp16 needs a CUDA GPU" in _one_line_error(code, err)
     assert not run_dir.exists()

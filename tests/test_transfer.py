@@ -16,7 +16,7 @@ from more_cli.prediction import RunTasks, predict_with_run, prepare_inputs
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
 from more_cli.run_loading import load_run
-from more_cli.training import train
+from more_cli.training.loop import train
 from more_cli.transfer import resolve_transfer
 
 STEPS = {"max_steps": 4, "save_every": 2}

@@ -47,8 +47,8 @@ def demo(
     from more_cli.cli.inspect import inspect
     from more_cli.cli.merge import merge
     from more_cli.cli.train import train
+    from more_cli.evaluation.scoring import metrics_table
     from more_cli.rundir import RunDir, read_json
-    from more_cli.training import metrics_table
 
     console = Console()
     run_dir = free_run_dir(output_dir)

@@ -35,7 +35,8 @@ def evaluate(
     """Evaluate RUN_DIR's adapter; print the table and write RUN_DIR/eval.json."""
     from rich.console import Console
 
-    from more_cli.training import evaluate_run, metrics_table
+    from more_cli.evaluation.runs import evaluate_run
+    from more_cli.evaluation.scoring import metrics_table
 
     task_names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
     report = evaluate_run(run_dir, tasks=task_names, split=split, checkpoint=checkpoint)

@@ -88,8 +88,8 @@ def train(
     from more_cli.launch import LaunchOptions, is_main_process
     from more_cli.recipe_io import load_recipe
     from more_cli.rundir import RunDir
-    from more_cli.training import TrainingInterrupted
-    from more_cli.training import train as run_training
+    from more_cli.training.loop import train as run_training
+    from more_cli.training.signals import TrainingInterrupted
 
     run_given = recipe.is_dir()
     if run_given:

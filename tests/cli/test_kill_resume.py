@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from more_cli.cli.app import app
 from more_cli.recipe_io import load_recipe
 from more_cli.rundir import RunDir, list_checkpoints, read_run_info
-from more_cli.training import train
+from more_cli.training.loop import train
 
 STEPS = 12
 SAVE_EVERY = 2

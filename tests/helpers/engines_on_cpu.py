@@ -23,8 +23,8 @@ import torch.distributed as dist
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 
-from more_cli import training
 from more_cli.cli.app import main
+from more_cli.training import session as training_session
 
 _original_init = AcceleratorState.__init__
 _deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -50,7 +50,7 @@ def _init_on_cpu(self: AcceleratorState, *args: Any, **kwargs: Any) -> None:
 
 AcceleratorState.__init__ = _init_on_cpu  # type: ignore[method-assign]
 if _deepspeed:
-    training.use_cpu_process_group = lambda: False
+    training_session.use_cpu_process_group = lambda: False
 
 if __name__ == "__main__":
     main()

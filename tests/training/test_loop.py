@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from more_cli import training
 from more_cli.errors import UserError
 from more_cli.recipe_io import load_recipe
 from more_cli.rundir import RunDir, latest_checkpoint, list_checkpoints, read_run_info
-from more_cli.training import train
+from more_cli.training import loop
+from more_cli.training.loop import train
 
 
 def _losses(run: Path) -> list[float]:
@@ -61,15 +61,15 @@ def test_gradient_accumulation_matches_a_larger_batch(
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int, number: int) -> None:
     """Deliver signal ``number`` to this process once training has finished ``step``."""
-    original = training._evaluate_if_due
+    original = loop._evaluate_if_due
 
-    def evaluate_then_signal(session: training.Session) -> bool:
+    def evaluate_then_signal(session: loop.Session) -> bool:
         improved = original(session)
         if session.state.step == step:
             signal.raise_signal(number)
         return improved
 
-    monkeypatch.setattr(training, "_evaluate_if_due", evaluate_then_signal)
+    monkeypatch.setattr(loop, "_evaluate_if_due", evaluate_then_signal)
 
 
 @pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -88,7 +88,7 @@ def test_interrupt_saves_checkpoint_and_resume_is_bitwise_identical(
     recipe = load_recipe(write_recipe(**sections, output_dir=str(tmp_path / "stopped")))
     with monkeypatch.context() as patch:
         _interrupt_at(patch, step=3, number=number)
-        with pytest.raises(training.TrainingInterrupted) as stopped:
+        with pytest.raises(loop.TrainingInterrupted) as stopped:
             train(recipe)
     assert stopped.value.exit_code == code
     run = RunDir(tmp_path / "stopped")
@@ -115,7 +115,7 @@ def test_fresh_run_refuses_an_existing_run(write_recipe: Callable[..., Path]) ->
 
 def test_resume_refuses_a_changed_recipe(write_recipe: Callable[..., Path]) -> None:
     first = load_recipe(write_recipe(train={"max_steps": 2, "save_every": 1}))
-    with pytest.raises(training.TrainingInterrupted), pytest.MonkeyPatch.context() as patch:
+    with pytest.raises(loop.TrainingInterrupted), pytest.MonkeyPatch.context() as patch:
         _interrupt_at(patch, step=1, number=signal.SIGINT)
         train(first)
     changed = load_recipe(write_recipe(train={"max_steps": 2, "save_every": 1, "lr": 0.5}))
@@ -140,13 +140,13 @@ def test_evaluation_keeps_best_and_early_stops(write_recipe: Callable[..., Path]
 def test_nan_loss_stops_with_a_user_error(
     write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = training._forward
+    original = loop._forward
 
-    def poisoned(session: training.Session, batch: dict) -> tuple:
+    def poisoned(session: loop.Session, batch: dict) -> tuple:
         loss, task_loss, cl_loss = original(session, batch)
         return (loss * float("nan") if session.state.step == 2 else loss), task_loss, cl_loss
 
-    monkeypatch.setattr(training, "_forward", poisoned)
+    monkeypatch.setattr(loop, "_forward", poisoned)
     recipe = load_recipe(write_recipe(train={"max_steps": 4, "save_every": 1}))
     with pytest.raises(UserError, match="nan") as error:
         train(recipe)

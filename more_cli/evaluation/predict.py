@@ -33,7 +33,7 @@ from more_cli.data import (
     prompt_ids,
     text_to_text_feature,
 )
-from more_cli.tasks import Example, Task, compute_metrics, glue_average, score_target
+from more_cli.tasks import Example, Task, score_target
 
 
 @dataclass(frozen=True)
@@ -168,42 +168,3 @@ def prediction_from_head_logits(task: Task, logits: torch.Tensor) -> Prediction:
     best = int(probabilities.argmax())
     words = task.label_words or []
     return Prediction(best, words[best], dict(zip(words, probabilities.tolist(), strict=True)))
-
-
-def evaluate_tasks(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    tasks: Sequence[Task],
-    split: str,
-    family: Family,
-    batch_size: int,
-    device: torch.device | str,
-    *,
-    max_source_length: int = 128,
-    max_target_length: int = 8,
-) -> dict[str, dict[str, float]]:
-    """Metrics (0–100, with ``headline``) per task name, plus ``average``: ``{"headline": …}``
-    (the GLUE-style mean of the task headlines).
-
-    ``tasks`` must be the run's task list in order: a task's position is its ``task_id``.
-    """
-    results: dict[str, dict[str, float]] = {}
-    for task_id, task in enumerate(tasks):
-        examples = task.load_split(split)
-        predictions = predict(
-            model,
-            tokenizer,
-            task,
-            examples,
-            family,
-            batch_size,
-            device,
-            task_id=task_id,
-            max_source_length=max_source_length,
-            max_target_length=max_target_length,
-        )
-        results[task.name] = compute_metrics(
-            task, [p.label for p in predictions], [e.label for e in examples]
-        )
-    results["average"] = {"headline": glue_average(results)}
-    return results

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from more_cli.data import answer_ids, prompt_ids
-from more_cli.evaluation import candidate_scores, evaluate_tasks, predict
+from more_cli.evaluation.predict import candidate_scores, predict
 from more_cli.recipe import TaskConfig
 from more_cli.tasks import get_task
 from tests.helpers.tiny import accept_task_ids, tiny_gpt2, tiny_llama, tiny_t5, tiny_tokenizer
@@ -118,15 +118,3 @@ def test_encoder_head_predictions():
 def _encoded(tokenizer, examples):
     batch = tokenizer([e.text for e in examples], padding=True, return_tensors="pt")
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-def test_evaluate_tasks_reports_metrics_and_average():
-    model, tokenizer = accept_task_ids(tiny_t5()), tiny_tokenizer()
-    model.train()
-    tasks = [_task("demo_sentiment", 4), _task("demo_similarity", 4)]
-    results = evaluate_tasks(model, tokenizer, tasks, "validation", "seq2seq", 64, "cpu")
-    assert set(results) == {"demo_sentiment", "demo_similarity", "average"}
-    assert set(results["demo_similarity"]) == {"pearson", "spearman", "headline"}
-    headlines = [results[t.name]["headline"] for t in tasks]
-    assert results["average"]["headline"] == pytest.approx(sum(headlines) / 2)
-    assert model.training  # mode restored
