@@ -19,7 +19,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from more_cli.adapters import inject_adapter, save_adapter
 from more_cli.errors import UserError
 from more_cli.evaluation.predict import Prediction, predict
-from more_cli.export import TaskHead, export_merged
+from more_cli.exports.heads import TaskHead
+from more_cli.exports.writers import export_merged
 from more_cli.modeling import HeadSpec, adapter_host, load_base, save_heads
 from more_cli.prediction import (
     PredictionInput,

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from more_cli import modeling
 from more_cli.errors import UserError
 from more_cli.evaluation.predict import predict
-from more_cli.export import export_run
+from more_cli.exports.runs import export_run
 from more_cli.recipe import ModelConfig
 from more_cli.recipe_io import load_recipe
 from more_cli.tasks import compute_metrics, get_task

@@ -12,7 +12,7 @@ import typer
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from more_cli.export import ExportResult
+    from more_cli.exports.runs import ExportResult
 
 EPILOG = """\
 Examples:
@@ -73,7 +73,8 @@ def merge(
     from transformers.utils import logging as hf_logging
 
     from more_cli.errors import UserError
-    from more_cli.export import TOLERANCES, export_run
+    from more_cli.exports.runs import export_run
+    from more_cli.exports.verify import TOLERANCES
 
     names = [name.strip() for item in task or [] for name in item.split(",") if name.strip()]
     if bool(names) == all_tasks:

@@ -9,7 +9,7 @@ import pytest
 
 READERS = {
     "eval": ["more_cli.cli.eval", "more_cli.evaluation.runs"],
-    "merge": ["more_cli.cli.merge", "more_cli.export"],
+    "merge": ["more_cli.cli.merge", "more_cli.exports.runs"],
     "predict": ["more_cli.cli.predict", "more_cli.prediction"],
     "inspect": ["more_cli.cli.inspect", "more_cli.inspection"],
 }

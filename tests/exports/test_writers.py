@@ -18,94 +18,14 @@ import torch
 from safetensors.torch import load_file
 
 from more_cli.adapters import AdapterConfig, inject_adapter
-from more_cli.adapters.state import save_adapter
 from more_cli.errors import UserError
-from more_cli.export import (
-    TaskHead,
-    export_merged,
-    export_peft,
-    export_run,
-    lora_factors,
-    probe_inputs,
-    task_head,
-    verify_export,
-)
-from more_cli.modeling import HeadSpec, adapter_host, load_base, save_heads
-from more_cli.recipe import Recipe
-from more_cli.recipe_io import dump_resolved
+from more_cli.exports.heads import TaskHead, task_head
+from more_cli.exports.runs import export_run
+from more_cli.exports.verify import probe_inputs, verify_export
+from more_cli.exports.writers import export_merged, export_peft
 from more_cli.run_loading import load_run
-from more_cli.rundir import RunDir
-from more_cli.tasks import get_task
-from tests.helpers.kinds import MERGEABLE_KINDS, adapter_config
+from tests.exports.conftest import randomize
 from tests.helpers.tiny import tiny_t5
-
-
-def randomize(model: torch.nn.Module, adapter: Any, seed: int = 0, scale: float = 0.2) -> None:
-    """Random adapter (and head) tensors: B starts at zero, which would hide every update."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = list(adapter.state_dict().values())
-    tensors += [p for name, p in model.named_parameters() if name.startswith("heads.")]
-    with torch.no_grad():
-        for tensor in tensors:
-            if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
-
-
-@pytest.fixture
-def make_run(
-    tmp_path: Path, tiny_model_dir: Callable[[str], Path], glue_data: Path
-) -> Callable[..., Path]:
-    """``make_run(kind="seq2seq", adapter={...}, model={...})`` → a finished-looking run dir."""
-
-    def make(kind: str = "seq2seq", adapter: dict | None = None, model: dict | None = None) -> Path:
-        recipe = Recipe.model_validate(
-            {
-                "model": {"name": str(tiny_model_dir(kind)), **(model or {})},
-                "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, **(adapter or {})},
-                "tasks": [
-                    {"name": "sst2", "source": str(glue_data / "sst2")},
-                    {"name": "rte", "source": str(glue_data / "rte")},
-                ],
-                "output_dir": str(tmp_path / "run"),
-            }
-        )
-        run = RunDir(tmp_path / "run")
-        dump_resolved(recipe, run.recipe)
-        heads = [HeadSpec.for_task(get_task(cfg)) for cfg in recipe.tasks]
-        base, _, _ = load_base(recipe.model, heads)
-        handle = inject_adapter(adapter_host(base), recipe.adapter, recipe.task_names)
-        randomize(base, handle)
-        save_adapter(handle, run.adapter)
-        save_heads(base, run.adapter)
-        return run.root
-
-    return make
-
-
-# ---------------------------------------------------------------------------------------------
-# lora_factors
-
-
-@pytest.mark.parametrize("kind", MERGEABLE_KINDS)
-def test_factors_reproduce_delta_weights(kind: str) -> None:
-    model = tiny_t5()
-    config = adapter_config(kind, r=4, targets=["q", "v"], num_experts=2)
-    adapter = inject_adapter(model, config, ["a", "b", "c"])
-    randomize(model, adapter)
-    for task in adapter.tasks:
-        deltas = adapter.delta_weights(task)
-        for name, (a, b) in lora_factors(adapter, task).items():
-            torch.testing.assert_close(b @ a, deltas[name], atol=1e-6, rtol=1e-5)
-
-
-def test_more_factors_have_the_chosen_rank() -> None:
-    model = tiny_t5()
-    config = AdapterConfig(r=8, targets=["q", "v"], fixed_ranks={"a": 2, "b": 6})
-    adapter = inject_adapter(model, config, ["a", "b"])
-    randomize(model, adapter)
-    assert {a.shape[0] for a, _ in lora_factors(adapter, "a").values()} == {2}
-    assert {b.shape[1] for _, b in lora_factors(adapter, "b").values()} == {6}
-
 
 # ---------------------------------------------------------------------------------------------
 # PEFT adapters
