@@ -66,6 +66,21 @@ def quiet_third_party_noise() -> None:
 
 
 def main() -> None:
-    """Console-script entry point (``more``)."""
+    """Console-script entry point (``more``): usage errors from the command line (a bad
+    option value, a missing argument, an unknown command) read like every other error, one
+    ``error:`` line naming the fix, exit code 2."""
     quiet_third_party_noise()
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        raise SystemExit(130) from None
+    except typer.TyperException as error:  # typer's (vendored) click usage errors
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "more"
+        message = error.format_message().replace("Value error, ", "").strip()
+        if message:  # bare `more` prints its help, with nothing to report
+            message = message[:1].lower() + message[1:]
+            typer.echo(f"error: {message} (see: {command} --help)", err=True)
+        raise SystemExit(getattr(error, "exit_code", 2)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
