@@ -26,11 +26,19 @@ rewritten after every run, so a stopped study keeps what it finished.
     python -m benchmarks.glue8 --stage test                # 5 methods x 2 more seeds
     python -m benchmarks.glue8 --stage select --configs lora more --lrs 1e-3
     python -m benchmarks.glue8 --report                    # tables from the JSON
+    python -m benchmarks.glue8 --calibration RUN_DIR ...   # record calibration runs
+
+Calibration (how the step budget was chosen): plain LoRA and MoRE trained with ``more train``
+on the same setting at one rate, evaluated on ``val_select`` every 1,000 steps; the budget is
+the one at which LoRA clears every task's trivial score on ``val_select`` (CoLA MCC > 10,
+RTE > 55, MRPC above its 74.2 majority score). ``--calibration`` records such runs (their
+``val_select`` curves and final ``val_test`` scores) in ``results/glue8_calibration.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -43,7 +51,7 @@ from typing import Any
 import torch
 from scipy import stats
 
-from benchmarks.common import RESULTS_DIR, environment
+from benchmarks.common import RESULTS_DIR, environment, write_json
 from benchmarks.quality import (
     ALPHA,
     DEFAULT_GLUE_DIR,
@@ -59,7 +67,8 @@ from benchmarks.quality import (
     mean_std,
     run_jobs,
 )
-from more_cli.rundir import read_json
+from more_cli.recipe_io import load_recipe
+from more_cli.rundir import RunDir, read_json, read_run_info
 
 TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 SELECT_SEED, TEST_SEEDS = 2023, (2024, 2025)
@@ -76,6 +85,9 @@ SETTINGS = Settings(
 )
 CONFIGS = {name: fields for name, fields in METHODS.items() if name != "per_task_lora"}
 OUT_JSON = RESULTS_DIR / "glue8.json"
+CALIBRATION_JSON = RESULTS_DIR / "glue8_calibration.json"
+# A predictor's trivial score on val_select that the calibrated setting must clear with LoRA.
+TRIVIAL = {"cola": 10.0, "rte": 55.0, "mrpc": 74.2}
 
 
 def job(config: str, seed: int, lr: float, settings: Settings, glue_dir: Path, work: Path) -> Job:
@@ -183,10 +195,62 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def calibration_record(run_dir: Path) -> dict[str, Any]:
+    """One finished calibration run: recipe essentials, ``val_select`` curve, ``val_test``."""
+    run = RunDir(run_dir)
+    recipe, info, report = (
+        load_recipe(run.recipe, resolved=True),
+        read_run_info(run),
+        read_json(run.eval),
+    )
+    evals = [
+        {"step": r["step"], "average": r["average"],
+         "tasks": {t: m["headline"] for t, m in r["eval"].items()}}
+        for r in map(json.loads, run.metrics.read_text().splitlines())
+        if r.get("split") == "val_select"
+    ]  # fmt: skip
+    return {
+        "run_dir": str(run_dir),
+        "kind": recipe.adapter.kind,
+        "lr": recipe.train.lr,
+        "steps": recipe.train.max_steps,
+        "seed": recipe.train.seed,
+        "batch_size": recipe.train.batch_size,
+        "max_source_length": recipe.data.max_source_length,
+        "tasks": recipe.task_names,
+        "val_select": evals,
+        "clears_trivial_scores_at": [
+            e["step"] for e in evals if all(e["tasks"][t] > v for t, v in TRIVIAL.items())
+        ],
+        "best_step": info.get("best_step"),
+        "val_test": {t: m["headline"] for t, m in report["tasks"].items()},
+        "val_test_average": report["average"],
+        "parameters": info.get("parameters"),
+        "started": info.get("created"),
+        "finished": info.get("updated"),
+    }
+
+
+def calibration_markdown(records: Sequence[dict[str, Any]]) -> str:
+    tasks = records[0]["tasks"]
+    lines = ["| run | step | split | " + " | ".join(tasks) + " | average |",
+             "|---|---:|---|" + "---:|" * (len(tasks) + 1)]  # fmt: skip
+    for record in records:
+        name = f"{record['kind']} lr {record['lr']:g}"
+        for e in record["val_select"]:
+            cells = " | ".join(f"{e['tasks'][t]:.1f}" for t in tasks)
+            lines.append(f"| {name} | {e['step']} | val_select | {cells} | {e['average']:.1f} |")
+        cells = " | ".join(f"{record['val_test'][t]:.1f}" for t in tasks)
+        best, average = record["best_step"], record["val_test_average"]
+        lines.append(f"| {name} | best ({best}) | val_test | {cells} | **{average:.1f}** |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=["select", "test"])
     parser.add_argument("--report", action="store_true", help="tables from the JSON only")
+    parser.add_argument("--calibration", type=Path, nargs="+", help="record calibration runs")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID))
     parser.add_argument("--steps", type=int, default=SETTINGS.steps)
@@ -196,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "runs" / "bench-glue8")
     args_given = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(args_given)
+    if args.calibration:
+        records = [calibration_record(run_dir) for run_dir in args.calibration]
+        write_json(CALIBRATION_JSON, {"suite": "glue8-calibration", "runs": records})
+        print(calibration_markdown(records))
+        return
     if args.report or args.stage is None:
         print(markdown(read_json(args.out)["summary"]))
         return

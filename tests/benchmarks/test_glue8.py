@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from benchmarks.glue8 import markdown, paired_difference, picked_lrs, summarize_study
+from benchmarks.glue8 import (
+    calibration_markdown,
+    calibration_record,
+    markdown,
+    paired_difference,
+    picked_lrs,
+    summarize_study,
+)
 
 
 def _run(config: str, seed: int, lr: float, select: float, test: float) -> dict:
@@ -51,3 +58,35 @@ def test_one_seed_has_no_interval_and_the_tables_render() -> None:
     text = markdown(summarize_study(RUNS))
     assert "| more | 3e-03 |" not in text and "| more | 0.003 | 3 |" in text
     assert "**61.0**" in text and "+3.0 / +3.0 / +0.0" in text
+
+
+def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> None:
+    from more_cli.recipe import Recipe
+    from more_cli.recipe_io import dump_resolved
+    from more_cli.rundir import RunDir, append_jsonl, atomic_write_json, write_run_info
+
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    recipe = Recipe.model_validate(
+        {"model": {"name": "demo:minilm"}, "adapter": {"kind": "lora"},
+         "tasks": [{"name": t} for t in ("cola", "rte", "mrpc")],
+         "train": {"lr": 3e-4, "max_steps": 2000}, "output_dir": str(run.root)}
+    )  # fmt: skip
+    dump_resolved(recipe, run.recipe)
+    write_run_info(run, status="finished", best_step=2000)
+    curve = [(1000, {"cola": 0.0, "rte": 60.0, "mrpc": 80.0}),
+             (2000, {"cola": 12.0, "rte": 56.0, "mrpc": 75.0})]  # fmt: skip
+    append_jsonl(run.metrics, {"step": 50, "loss": 1.0})
+    for step, scores in curve:
+        evaluation = {t: {"headline": v} for t, v in scores.items()}
+        average = sum(scores.values()) / 3
+        append_jsonl(run.metrics, {"step": step, "split": "val_select", "eval": evaluation,
+                                   "average": average})  # fmt: skip
+    tasks = {t: {"headline": v} for t, v in {"cola": 11.0, "rte": 57.0, "mrpc": 76.0}.items()}
+    atomic_write_json(run.eval, {"split": "val_test", "tasks": tasks, "average": 48.0})
+    record = calibration_record(run.root)
+    assert record["kind"] == "lora" and record["lr"] == 3e-4 and record["steps"] == 2000
+    assert [e["step"] for e in record["val_select"]] == [1000, 2000]
+    assert record["clears_trivial_scores_at"] == [2000]  # step 1000: CoLA MCC 0
+    assert record["val_test"]["rte"] == 57.0 and record["best_step"] == 2000
+    assert "| lora lr 0.0003 | best (2000) | val_test |" in calibration_markdown([record])
