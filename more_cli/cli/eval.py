@@ -32,15 +32,17 @@ def evaluate(
         typer.Option("--checkpoint", help="Score checkpoints/step-N instead of adapter/."),
     ] = None,
 ) -> None:
-    """Evaluate RUN_DIR's adapter; print the table and write RUN_DIR/eval.json."""
+    """Evaluate RUN_DIR's adapter; print the table and write RUN_DIR/eval.json (a partial
+    evaluation: a file of its own, eval-<split>[-<checkpoint>][-<tasks>].json)."""
     from rich.console import Console
 
     from more_cli.evaluation.runs import evaluate_run
     from more_cli.evaluation.scoring import metrics_table
 
-    task_names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks else None
+    task_names = None if tasks is None else [n.strip() for n in tasks.split(",") if n.strip()]
     report = evaluate_run(run_dir, tasks=task_names, split=split, checkpoint=checkpoint)
     Console().print(metrics_table(report))
+    typer.echo(f"wrote {run_dir / report['file']}")
 
 
 def register(app: typer.Typer) -> None:

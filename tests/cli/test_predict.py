@@ -37,7 +37,7 @@ def trained(write_recipe: Callable[..., Path], run_dir: Path) -> Path:
 def test_predictions_agree_with_eval(trained: Path, glue_data: Path, tmp_path: Path) -> None:
     code, _, err = _more("eval", trained, "--tasks", "rte", "--split", "validation")
     assert code == 0, err
-    reported = json.loads((trained / "eval.json").read_text())["tasks"]["rte"]
+    reported = json.loads((trained / "eval-validation-rte.json").read_text())["tasks"]["rte"]
 
     rows = glue_data / "rte" / "validation.jsonl"
     out = tmp_path / "preds.jsonl"

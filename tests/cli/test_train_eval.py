@@ -39,15 +39,23 @@ def test_train_resume_eval(write_recipe: Callable[..., Path], run_dir: Path) -> 
     assert (other / "adapter" / "adapter_model.safetensors").is_file()
     assert (other / "checkpoints" / "step-4" / "trainer" / "state.json").is_file()
 
+    full = (other / "eval.json").read_bytes()
     code, out, err = _more("eval", other, "--tasks", "rte", "--split", "validation")
     assert code == 0, err
-    assert "rte" in out and "average" in out
-    report = json.loads((other / "eval.json").read_text())
+    assert "rte" in out and "average" in out and "eval-validation-rte.json" in out
+    report = json.loads((other / "eval-validation-rte.json").read_text())
     assert list(report["tasks"]) == ["rte"] and report["split"] == "validation"
 
     code, out, err = _more("eval", other, "--checkpoint", "step-4")
     assert code == 0, err
-    assert json.loads((other / "eval.json").read_text())["source"] == "checkpoints/step-4/adapter"
+    report = json.loads((other / "eval-val_test-step-4.json").read_text())
+    assert report["source"] == "checkpoints/step-4/adapter"
+    assert (other / "eval.json").read_bytes() == full  # partial evaluations leave it alone
+
+    code, _, err = _more("eval", other, "--tasks", ",")
+    assert code == 2 and "--tasks names no task" in err
+    code, out, err = _more("eval", other)  # a full evaluation writes eval.json again
+    assert code == 0 and "eval.json" in out, err
 
 
 def test_resume_continues_an_unfinished_run(
