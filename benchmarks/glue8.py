@@ -196,13 +196,11 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def calibration_record(run_dir: Path) -> dict[str, Any]:
-    """One finished calibration run: recipe essentials, ``val_select`` curve, ``val_test``."""
+    """One calibration run: recipe essentials, ``val_select`` curve, ``val_test`` (an
+    unfinished run, stopped to be resumed, has its curve so far and no ``val_test``)."""
     run = RunDir(run_dir)
-    recipe, info, report = (
-        load_recipe(run.recipe, resolved=True),
-        read_run_info(run),
-        read_json(run.eval),
-    )
+    recipe, info = load_recipe(run.recipe, resolved=True), read_run_info(run)
+    report = read_json(run.eval) if run.eval.is_file() else {"tasks": {}, "average": None}
     evals = [
         {"step": r["step"], "average": r["average"],
          "tasks": {t: m["headline"] for t, m in r["eval"].items()}}
@@ -211,6 +209,8 @@ def calibration_record(run_dir: Path) -> dict[str, Any]:
     ]  # fmt: skip
     return {
         "run_dir": str(run_dir),
+        "status": info.get("status"),
+        "step": info.get("step"),
         "kind": recipe.adapter.kind,
         "lr": recipe.train.lr,
         "steps": recipe.train.max_steps,
@@ -240,6 +240,9 @@ def calibration_markdown(records: Sequence[dict[str, Any]]) -> str:
         for e in record["val_select"]:
             cells = " | ".join(f"{e['tasks'][t]:.1f}" for t in tasks)
             lines.append(f"| {name} | {e['step']} | val_select | {cells} | {e['average']:.1f} |")
+        if record["val_test_average"] is None:
+            lines.append(f"| {name} | (stopped at {record['step']}) | val_test | not yet |")
+            continue
         cells = " | ".join(f"{record['val_test'][t]:.1f}" for t in tasks)
         best, average = record["best_step"], record["val_test_average"]
         lines.append(f"| {name} | best ({best}) | val_test | {cells} | **{average:.1f}** |")

@@ -90,3 +90,8 @@ def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> No
     assert record["clears_trivial_scores_at"] == [2000]  # step 1000: CoLA MCC 0
     assert record["val_test"]["rte"] == 57.0 and record["best_step"] == 2000
     assert "| lora lr 0.0003 | best (2000) | val_test |" in calibration_markdown([record])
+    run.eval.unlink()  # a run stopped before its end: the curve so far, no val_test
+    write_run_info(run, status="interrupted", step=2000)
+    stopped = calibration_record(run.root)
+    assert stopped["val_test_average"] is None and stopped["status"] == "interrupted"
+    assert "(stopped at 2000) | val_test | not yet" in calibration_markdown([stopped])
