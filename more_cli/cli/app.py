@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 from more_cli.errors import UserError
 
 # Subcommand modules under more_cli.cli, in the order `more --help` lists them.
-SUBCOMMANDS = ("train", "eval", "predict", "merge", "inspect", "demo")
+SUBCOMMANDS = ("train", "eval", "predict", "merge", "inspect", "tasks", "demo")
 
 
 class _UserErrorsAsMessages(TyperGroup):

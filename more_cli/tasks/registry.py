@@ -8,10 +8,11 @@ A task with ``template`` (and ``data_files`` or a ``source`` folder) is user-def
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from more_cli.errors import UserError
 from more_cli.recipe import TaskConfig
@@ -40,6 +41,7 @@ class _Builtin:
     hub: tuple[str, str | None] | None  # (path, config); None for generated tasks
     label_words: list[str] | None
     formatter: Callable[[str], RowFormatter]  # prefix → formatter
+    columns: tuple[str, ...]  # the input columns a row needs (besides the label)
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])
     headline: str = "accuracy"
     hub_splits: Mapping[str, str] = field(default_factory=dict)
@@ -62,18 +64,28 @@ def _glue(
         hub=("nyu-mll/glue", name),
         label_words=words,
         formatter=_fields(*fields),
+        columns=fields,
         metrics=list(metrics),
         headline=headline,
         hub_splits=hub_splits or {},
     )
 
 
-def _choices(hub: tuple[str, str | None], letters: int, read: Callable) -> _Builtin:
+def _choices(
+    hub: tuple[str, str | None], letters: int, read: Callable, columns: tuple[str, ...]
+) -> _Builtin:
     return _Builtin(
         hub=hub,
         label_words=OPTION_LETTERS[:letters],
         formatter=partial(choice_formatter, read=read, letters=letters),
+        columns=columns,
     )
+
+
+def _plain(
+    hub: tuple[str, str | None] | None, words: list[str] | None, *columns: str, **extra
+) -> _Builtin:
+    return _Builtin(hub, words, _fields(*columns), columns, **extra)
 
 
 _ENTAILMENT = ["entailment", "not_entailment"]
@@ -123,45 +135,33 @@ _GLUE = {
 
 _BUILTINS: dict[str, _Builtin] = {
     **_GLUE,
-    "boolq": _Builtin(
-        hub=("aps/super_glue", "boolq"),
-        label_words=["false", "true"],
-        formatter=_fields("question", "passage"),
+    "boolq": _plain(("aps/super_glue", "boolq"), ["false", "true"], "question", "passage"),
+    "cb": _plain(
+        ("aps/super_glue", "cb"), ["entailment", "contradiction", "neutral"],
+        "hypothesis", "premise", metrics=["accuracy", "f1"],
     ),
-    "cb": _Builtin(
-        hub=("aps/super_glue", "cb"),
-        label_words=["entailment", "contradiction", "neutral"],
-        formatter=_fields("hypothesis", "premise"),
-        metrics=["accuracy", "f1"],
-    ),
-    "scitail": _Builtin(
-        hub=("allenai/scitail", "tsv_format"),
-        label_words=["entailment", "neutral"],
-        formatter=_fields("premise", "hypothesis"),
+    "scitail": _plain(
+        ("allenai/scitail", "tsv_format"), ["entailment", "neutral"], "premise", "hypothesis",
         label_aliases={"entails": 0},
     ),
-    "piqa": _choices(("ybisk/piqa", None), 2, read_two_solutions),
-    "openbookqa": _choices(("allenai/openbookqa", "main"), 4, lettered_choices("question_stem")),
-    "arc_easy": _choices(("allenai/ai2_arc", "ARC-Easy"), 5, lettered_choices("question")),
+    "piqa": _choices(("ybisk/piqa", None), 2, read_two_solutions, ("goal", "sol1", "sol2")),
+    "openbookqa": _choices(
+        ("allenai/openbookqa", "main"), 4, lettered_choices("question_stem"),
+        ("question_stem", "choices"),
+    ),
+    "arc_easy": _choices(
+        ("allenai/ai2_arc", "ARC-Easy"), 5, lettered_choices("question"), ("question", "choices")
+    ),
     "arc_challenge": _choices(
-        ("allenai/ai2_arc", "ARC-Challenge"), 5, lettered_choices("question")
+        ("allenai/ai2_arc", "ARC-Challenge"), 5, lettered_choices("question"),
+        ("question", "choices"),
     ),
-    "demo_sentiment": _Builtin(
-        hub=None, label_words=["negative", "positive"], formatter=_fields("review")
+    "demo_sentiment": _plain(None, ["negative", "positive"], "review"),
+    "demo_topic": _plain(None, ["sports", "science", "business", "politics"], "text"),
+    "demo_similarity": _plain(
+        None, None, "sentence1", "sentence2", metrics=["pearson", "spearman"], headline="pearson"
     ),
-    "demo_topic": _Builtin(
-        hub=None,
-        label_words=["sports", "science", "business", "politics"],
-        formatter=_fields("text"),
-    ),
-    "demo_similarity": _Builtin(
-        hub=None,
-        label_words=None,
-        formatter=_fields("sentence1", "sentence2"),
-        metrics=["pearson", "spearman"],
-        headline="pearson",
-    ),
-}
+}  # fmt: skip
 
 TASK_NAMES: tuple[str, ...] = tuple(_BUILTINS)
 """Every built-in task name, in registry order."""
@@ -170,6 +170,44 @@ GLUE_TASKS: tuple[str, ...] = tuple(_GLUE)
 DEMO_TASKS: tuple[str, ...] = ("demo_sentiment", "demo_topic", "demo_similarity")
 
 _USER_ONLY_KEYS = ("template", "data_files", "label_words", "metric")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a user needs to write recipes and ``more predict`` input for a built-in task."""
+
+    name: str
+    columns: tuple[str, ...]
+    label_words: list[str] | None  # None: a regression task (a score from 0 to 5)
+    metrics: list[str]
+    headline: str
+    hub: str  # "path (config)" of its hub dataset, or "generated" for the demo suite
+    input_example: str  # the model input the task's formatter makes of a placeholder row
+
+
+def _placeholder_row(columns: Sequence[str]) -> dict[str, Any]:
+    """A row whose text columns hold ``<column>`` (and ``choices`` two placeholder options)."""
+    row: dict[str, Any] = {"label": 0, "answerKey": "A"}
+    for name in columns:
+        options = {"text": ["<option 1>", "<option 2>"], "label": ["A", "B"]}
+        row[name] = options if name == "choices" else f"<{name}>"
+    return row
+
+
+def task_info(name: str) -> TaskInfo:
+    """The description of one built-in task (a did-you-mean error for an unknown one)."""
+    spec = _BUILTINS.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, TASK_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"unknown task {name!r}; {hint}list them with: more tasks")
+    if spec.hub is None:
+        hub = "generated"
+    else:
+        path, config = spec.hub
+        hub = f"{path} ({config})" if config else path
+    example, _ = spec.formatter(name)(_placeholder_row(spec.columns))
+    return TaskInfo(name, spec.columns, spec.label_words, spec.metrics, spec.headline, hub, example)
 
 
 def get_task(cfg: TaskConfig, *, seed: int = SPLIT_SEED) -> Task:
