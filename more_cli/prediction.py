@@ -401,14 +401,14 @@ def _head_logits(
 
 def prediction_record(item: PredictionInput, prediction: Prediction) -> dict[str, Any]:
     """The output line of one row: ``line``, ``task``, ``prediction`` (label word or score
-    string), ``label`` (class id or score) and, for classification, ``probabilities``."""
-    record: dict[str, Any] = {
-        "line": item.line,
-        "task": item.task,
-        "prediction": prediction.text,
-        "label": prediction.label,
-    }
-    if prediction.probabilities is not None:
+    string) and, for classification, ``prediction_id`` (the class id) and ``probabilities``;
+    for regression ``prediction_score`` (the number). No name collides with an input
+    column such as ``label``."""
+    record: dict[str, Any] = {"line": item.line, "task": item.task, "prediction": prediction.text}
+    if prediction.probabilities is None:
+        record["prediction_score"] = prediction.label
+    else:
+        record["prediction_id"] = prediction.label
         record["probabilities"] = prediction.probabilities
     return record
 

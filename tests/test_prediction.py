@@ -263,7 +263,8 @@ def test_record_layout() -> None:
     words = {"entailment": 0.25, "not_entailment": 0.75}
     record = prediction_record(item, Prediction(1, "not_entailment", words))
     assert record == {
-        "line": 3, "task": "rte", "prediction": "not_entailment", "label": 1,
+        "line": 3, "task": "rte", "prediction": "not_entailment", "prediction_id": 1,
         "probabilities": words,
     }  # fmt: skip
-    assert "probabilities" not in prediction_record(item, Prediction(3.8, "3.8"))
+    regression = prediction_record(item, Prediction(3.8, "3.8"))
+    assert regression == {"line": 3, "task": "rte", "prediction": "3.8", "prediction_score": 3.8}

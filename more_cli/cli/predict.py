@@ -21,8 +21,8 @@ Examples:
   echo '{"sentence1": "A man eats.", "sentence2": "Someone eats."}' | more predict runs/glue -t rte
 
 Rows hold the task's raw columns (sentence1/sentence2 for rte), or the formatted input in the
-column given by --text-field. Each output line: {"line", "task", "prediction", "label",
-"probabilities"}, in input order.
+column given by --text-field. Each output line: {"line", "task", "prediction",
+"prediction_id", "probabilities"} ("prediction_score" for a regression task), in input order.
 """
 
 

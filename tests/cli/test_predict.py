@@ -50,7 +50,7 @@ def test_predictions_agree_with_eval(trained: Path, glue_data: Path, tmp_path: P
 
     task = get_task(load_recipe(RunDir(trained).recipe).tasks[1])
     labels = [json.loads(line)["label"] for line in rows.read_text().splitlines()]
-    assert compute_metrics(task, [r["label"] for r in records], labels) == reported
+    assert compute_metrics(task, [r["prediction_id"] for r in records], labels) == reported
 
 
 def test_mixed_file_equals_one_call_per_task(
