@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from more_cli.errors import UserError
 
@@ -41,6 +41,30 @@ def report_user_error(error: UserError) -> None:
         if detail not in message:  # a single error is already spelled out in the message
             typer.echo(f"  {detail}", err=True)
 
+
+def readable_help() -> None:
+    """Help that reads as users expect: a flag shows no value type (typer prints ``<bool>``,
+    which made users type ``--resume true``) and a required argument is ``RECIPE`` in the
+    usage line, not ``{recipe}``. Both are typer's private display hooks; if a typer release
+    drops them, help keeps typer's own look."""
+    if hasattr(TyperOption, "display_type_rich"):
+        shown_type = TyperOption.display_type_rich
+
+        def no_type_for_flags(self: TyperOption, ctx: click.Context) -> str | None:
+            return None if self.is_flag else shown_type(self, ctx)
+
+        TyperOption.display_type_rich = no_type_for_flags
+    if hasattr(TyperArgument, "_usage_display_name"):
+
+        def usage_name(self: TyperArgument) -> str:
+            name = self.display_name_raw.upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        TyperArgument._usage_display_name = usage_name
+
+
+readable_help()
 
 app = typer.Typer(
     cls=_UserErrorsAsMessages,

@@ -40,3 +40,17 @@ def test_help_still_exits_0(capsys: pytest.CaptureFixture[str], monkeypatch) -> 
     with pytest.raises(SystemExit) as stopped:
         main()
     assert stopped.value.code == 0 and "Usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "merge", "inspect", "tasks"])
+def test_help_shows_flags_without_a_type_and_a_readable_usage_line(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["more", command, "--help"])
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main()
+    out = capsys.readouterr().out
+    assert "<bool>" not in out and "{" not in out.split("\n\n", 2)[1]
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert f"more {command} [OPTIONS]" in usage
