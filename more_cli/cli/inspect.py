@@ -58,6 +58,7 @@ def inspect(
     from transformers.utils import logging as hf_logging
 
     from more_cli.inspection import SECTIONS, inspect_adapter
+    from more_cli.places import writable_folder
     from more_cli.run_loading import load_run
 
     chosen = [
@@ -67,6 +68,8 @@ def inspect(
         )
         if wanted
     ]
+    if out is not None:
+        writable_folder(out, "--out")
     run = load_run(run_dir, checkpoint)
     hf_logging.disable_progress_bar()  # keep the tables readable
     console = Console()

@@ -75,10 +75,13 @@ def merge(
     from more_cli.errors import UserError
     from more_cli.exports.runs import export_run
     from more_cli.exports.verify import TOLERANCES
+    from more_cli.places import writable_folder
 
     names = [name.strip() for item in task or [] for name in item.split(",") if name.strip()]
     if bool(names) == all_tasks:
         raise UserError("give --task NAME (one or more) or --all-tasks, not both and not neither")
+    if out is not None:
+        writable_folder(out, "--out")
     hf_logging.disable_progress_bar()  # the run is loaded several times; keep the output readable
     console = Console()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype.value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -82,7 +83,9 @@ def predict(
     """Predict every row of the input with RUN_DIR's adapter; one JSON line per row."""
     from transformers.utils import logging as hf_logging
 
+    from more_cli.atomic import atomic_write_bytes
     from more_cli.errors import UserError
+    from more_cli.places import writable_file
     from more_cli.prediction import (
         RunTasks,
         place_run,
@@ -97,8 +100,11 @@ def predict(
     from more_cli.run_loading import adapter_source, load_run
     from more_cli.rundir import RunDir
 
-    # Check the run and every row before the model is loaded.
+    # Check the run, the output place and every row before the model is loaded.
     adapter_source(run_dir, checkpoint)
+    if output is not None:
+        stdin_input = input_path is None or str(input_path) == "-"
+        writable_file(output, "--output", inputs=[None if stdin_input else input_path])
     tasks = RunTasks(load_recipe(RunDir(run_dir).recipe, resolved=True))
     if input_path is None or str(input_path) == "-":
         if sys.stdin.isatty():
@@ -107,8 +113,14 @@ def predict(
     else:
         if not input_path.is_file():
             raise UserError(f"input file not found: {input_path}")
-        with input_path.open(encoding="utf-8") as handle:
-            origin, rows = str(input_path), read_json_lines(handle, str(input_path))
+        try:
+            with input_path.open(encoding="utf-8") as handle:
+                origin, rows = str(input_path), read_json_lines(handle, str(input_path))
+        except UnicodeDecodeError as error:
+            raise UserError(
+                f"{input_path} is not UTF-8 text (byte {error.start}); give JSON lines, one "
+                "object a line"
+            ) from None
     inputs = prepare_inputs(
         rows, tasks, origin, task=task, task_field=task_field, text_field=text_field
     )
@@ -123,8 +135,9 @@ def predict(
     if output is None:
         write_json_lines(records, sys.stdout)
         return
-    with output.open("w", encoding="utf-8") as handle:
-        write_json_lines(records, handle)
+    buffer = io.StringIO()
+    write_json_lines(records, buffer)
+    atomic_write_bytes(output, buffer.getvalue().encode("utf-8"))  # never half a file
     typer.echo(f"wrote {len(inputs)} predictions to {output}", err=True)
 
 

@@ -86,6 +86,7 @@ def train(
 ) -> None:
     """Train an adapter on every task of RECIPE; write the run directory."""
     from more_cli.launch import LaunchOptions, is_main_process
+    from more_cli.places import writable_folder
     from more_cli.recipe_io import load_recipe
     from more_cli.rundir import RunDir
     from more_cli.training.loop import train as run_training
@@ -99,6 +100,7 @@ def train(
     loaded = load_recipe(recipe, overrides or [], resolved=run_given)
     if output_dir is not None:
         loaded = loaded.model_copy(update={"output_dir": output_dir})
+    writable_folder(loaded.output_dir, "output directory")
     launch = LaunchOptions(
         num_processes, accelerate_config, num_machines, machine_rank, main_process_ip,
         main_process_port, gpu_ids,
