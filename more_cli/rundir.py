@@ -31,7 +31,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
-from more_cli.atomic import atomic_write_bytes
+from more_cli.atomic import atomic_write_bytes, umask
 from more_cli.errors import UserError
 
 FORMAT_VERSION = 1
@@ -113,6 +113,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    os.chmod(temporary, 0o777 & ~umask())  # as mkdir would make it, not mkdtemp's 0700
     try:
         yield temporary
         _fsync_tree(temporary)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,16 @@ def test_truncate_metrics_drops_records_after_a_step(tmp_path: Path) -> None:
         append_jsonl(path, {"step": step, "loss": 1.0})
     truncate_metrics(path, after_step=2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_written_files_and_folders_honour_the_umask(tmp_path: Path) -> None:
+    """A serving process of another user can read what more writes (not mkstemp's 0600)."""
+    previous = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "export") as folder:
+            (folder / "weights.bin").write_bytes(b"x")
+        atomic_write_json(tmp_path / "export" / "info.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "export" / "info.json").stat().st_mode) == 0o644
