@@ -145,12 +145,16 @@ def check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> Path | None:
     info = read_run_info(run)
     if not resume:
         if info is not None:
+            # Every hint must be a command that works: a finished run cannot be resumed.
+            finished = info.get("status") == "finished"
+            next_step = (
+                f"score it with: more eval {run.root}"
+                if finished
+                else f"continue it with: more train {run.root} --resume"
+            )
             raise UserError(
                 f"{run.root} already holds a run (status: {info.get('status')})",
-                details=[
-                    f"continue it with: more train {run.root} --resume",
-                    "or start a new run elsewhere with --output-dir <new folder>",
-                ],
+                details=[next_step, "or start a new run elsewhere with --output-dir <new folder>"],
             )
         if run.root.exists() and any(run.root.iterdir()):
             raise UserError(

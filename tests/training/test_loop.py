@@ -108,7 +108,9 @@ def test_fresh_run_refuses_an_existing_run(write_recipe: Callable[..., Path]) ->
     train(recipe)
     with pytest.raises(UserError, match="already holds a run") as error:
         train(recipe)
-    assert any("--resume" in line for line in error.value.details)
+    # The run finished: the hint is a command that works (resuming it is refused below).
+    assert any(line.startswith("score it with: more eval") for line in error.value.details)
+    assert not any("--resume" in line for line in error.value.details)
     with pytest.raises(UserError, match="already finished"):
         train(recipe, resume=True)
 
