@@ -28,6 +28,7 @@ rounding.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -404,6 +405,13 @@ def prediction_record(item: PredictionInput, prediction: Prediction) -> dict[str
     string) and, for classification, ``prediction_id`` (the class id) and ``probabilities``;
     for regression ``prediction_score`` (the number). No name collides with an input
     column such as ``label``."""
+    numbers = [prediction.label, *(prediction.probabilities or {}).values()]
+    if not all(math.isfinite(float(value)) for value in numbers):
+        # JSON has no NaN: such a line would not parse, and no score is better than a wrong one.
+        raise UserError(
+            f"line {item.line} ({item.task}): the model gave non-finite scores; the adapter or "
+            "its base is damaged (check the run with: more eval RUN_DIR)"
+        )
     record: dict[str, Any] = {"line": item.line, "task": item.task, "prediction": prediction.text}
     if prediction.probabilities is None:
         record["prediction_score"] = prediction.label

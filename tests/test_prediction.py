@@ -266,5 +266,8 @@ def test_record_layout() -> None:
         "line": 3, "task": "rte", "prediction": "not_entailment", "prediction_id": 1,
         "probabilities": words,
     }  # fmt: skip
+    nan = Prediction(1, "not_entailment", {"entailment": float("nan"), "not_entailment": 0.5})
+    with pytest.raises(UserError, match="line 3 \\(rte\\): the model gave non-finite scores"):
+        prediction_record(item, nan)
     regression = prediction_record(item, Prediction(3.8, "3.8"))
     assert regression == {"line": 3, "task": "rte", "prediction": "3.8", "prediction_score": 3.8}

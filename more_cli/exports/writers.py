@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from more_cli.adapters import MultiTaskAdapter, base_layers
@@ -125,12 +126,25 @@ def export_merged(
     with atomic_directory(out_dir) as temporary:
         merged = run.adapter.merge_and_unload(task, torch.float32)
         merged.to(dtype)
+        _refuse_non_finite(merged, task)
         merged.save_pretrained(str(temporary), max_shard_size=max_shard_size)
         run.tokenizer.save_pretrained(str(temporary))
         if head is not None:
             head.save(temporary)
         (temporary / EXPORT_DESCRIPTION).write_text(json.dumps(provenance, indent=2) + "\n")
     return out_dir
+
+
+def _refuse_non_finite(model: nn.Module, task: str) -> None:
+    """A merged weight that is NaN or infinite (a damaged adapter, an overflow in the cast)
+    must not become a checkpoint: nothing is written, the error names the task."""
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]  # fmt: skip
+    if broken:
+        raise UserError(
+            f"task {task}: {len(broken)} merged tensor(s) hold NaN or infinite values (first: "
+            f"{broken[0]}); the adapter is damaged or overflows this dtype: nothing was written"
+        )
 
 
 def _provenance(run: LoadedRun, task: str, dtype: torch.dtype) -> dict:

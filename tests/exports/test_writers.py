@@ -201,6 +201,18 @@ def test_failed_merge_leaves_no_folder(
     assert list((run_dir / "exports" / "merged").iterdir()) == []
 
 
+def test_non_finite_merged_weights_are_refused_with_the_task_named(
+    make_run: Callable[..., Path],
+) -> None:
+    run_dir = make_run("seq2seq")
+    run = load_run(run_dir)
+    with torch.no_grad():
+        next(iter(run.adapter.layers.values())).lora_B.fill_(float("nan"))
+    with pytest.raises(UserError, match="task rte: 1 merged tensor.*NaN or infinite"):
+        export_merged(run, "rte", run_dir / "exports" / "merged" / "rte")
+    assert list((run_dir / "exports" / "merged").iterdir()) == []
+
+
 def test_unknown_task_fails_before_writing(make_run: Callable[..., Path]) -> None:
     run_dir = make_run("seq2seq")
     with pytest.raises(UserError, match="unknown task 'cola'"):
