@@ -300,7 +300,10 @@ def _user_task(cfg: TaskConfig, seed: int) -> Task:
 def _existing_directory(cfg: TaskConfig) -> Path:
     directory = Path(cfg.source)
     if not directory.is_dir():
-        raise UserError(f"task {cfg.name}: source folder not found: {directory}")
+        shown = (
+            f"{directory} (= {directory.resolve()})" if not directory.is_absolute() else directory
+        )
+        raise UserError(f"task {cfg.name}: source folder not found: {shown}")
     return directory
 
 

@@ -19,6 +19,7 @@ from more_cli import data as data_lib
 from more_cli import engines
 from more_cli.adapters import MultiTaskAdapter, inject_adapter
 from more_cli.errors import UserError
+from more_cli.evaluation.scoring import selection_split, test_split
 from more_cli.launch import use_cpu_process_group
 from more_cli.modeling import (
     HeadSpec,
@@ -224,10 +225,39 @@ def _make_accelerator(recipe: Recipe, run: RunDir) -> Accelerator:
     return accelerator
 
 
+def _tasks_with_their_data(recipe: Recipe) -> list[Task]:
+    """Every task of the recipe with every split the run will read loaded and checked now,
+    before the model loads (a bad validation row must not surface after the last step):
+    training rows of the trained tasks, their model-selection half when the run evaluates,
+    and every task's test split. All problems are reported at once."""
+    old = set(old_task_names(recipe))
+    tasks, problems = [], []
+    for cfg in recipe.tasks:
+        trained = cfg.name not in old
+        splits = ["train"] if trained else []
+        if trained and recipe.train.eval_every is not None:
+            splits.append(selection_split(recipe))
+        splits.append(test_split(recipe))
+        try:
+            task = get_task(cfg, seed=recipe.train.seed)
+            for split in splits:
+                task.load_split(split)
+        except UserError as error:
+            problems.append(str(error))
+            continue
+        tasks.append(task)
+    if problems:
+        raise UserError(
+            f"{len(problems)} task(s) cannot be read; nothing was trained: {problems[0]}",
+            details=problems,
+        )
+    return tasks
+
+
 def setup(recipe: Recipe, run: RunDir) -> Session:
     accelerator = _make_accelerator(recipe, run)
     set_seed(recipe.train.seed)
-    tasks = [get_task(cfg, seed=recipe.train.seed) for cfg in recipe.tasks]
+    tasks = _tasks_with_their_data(recipe)
     device_index = accelerator.local_process_index if accelerator.device.type == "cuda" else None
     model, tokenizer, family = load_base(
         recipe.model, [HeadSpec.for_task(t) for t in tasks], device_index=device_index
