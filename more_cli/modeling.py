@@ -329,9 +329,13 @@ def _load_or_explain(name: str, loader: Any, path: str, **kwargs: Any) -> Any:
         ) from None
     except (OSError, ValueError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        offline = [
+            v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _truthy(os.environ.get(v))
+        ]
+        reach = f"unset {' and '.join(offline)}" if offline else "check the network"
         fix = (
             f"set model.name to a local directory holding the model (no directory {path!r} "
-            "exists here), or make the Hugging Face hub reachable (unset HF_HUB_OFFLINE)"
+            f"exists here), or make the Hugging Face hub reachable ({reach})"
             if not Path(path).exists()
             else "check that the directory holds a complete Hugging Face checkpoint"
         )
@@ -412,3 +416,7 @@ def _prepare_for_training(model: PreTrainedModel, model_cfg: ModelConfig) -> Non
     elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")

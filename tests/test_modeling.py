@@ -73,6 +73,21 @@ def test_missing_model_is_a_user_error_with_the_fix(tmp_path: Path) -> None:
     assert "local directory" in error.value.details[0]
 
 
+@pytest.mark.parametrize(
+    ("environment", "hint"),
+    [({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "0"}, "(unset HF_HUB_OFFLINE)"),
+     ({"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}, "(check the network)")],
+)  # fmt: skip
+def test_the_offline_hint_names_only_a_switch_that_is_set(
+    environment: dict[str, str], hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as error:
+        load_base(ModelConfig(name="no-such-org/no-such-model"))
+    assert error.value.details[0].endswith(hint)
+
+
 class _Backbone(nn.Module):
     """Stands in for an encoder: hidden state = embedding of the ids; records task ids."""
 

@@ -150,8 +150,8 @@ def _refuse_non_finite(model: nn.Module, task: str) -> None:
 def _provenance(run: LoadedRun, task: str, dtype: torch.dtype) -> dict:
     ranks = run.adapter.chosen_ranks()[task]
     return {
-        "run": str(run.root),
-        "adapter": str(run.source),
+        "run": str(Path(run.root).resolve()),  # wherever `more merge` ran from
+        "adapter": str(Path(run.source).resolve()),
         "task": task,
         "kind": run.adapter.config.kind,
         "base_model": run.recipe.model.name,

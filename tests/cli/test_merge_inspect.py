@@ -49,6 +49,7 @@ def test_merge_then_inspect_a_trained_run(trained: Path) -> None:
     assert sorted(p.name for p in (out_dir / "merged").iterdir()) == ["rte", "sst2"]
     provenance = json.loads((out_dir / "merged" / "sst2" / "more_export.json").read_text())
     assert provenance["adapter"].endswith("checkpoints/step-2/adapter")
+    assert Path(provenance["run"]).is_absolute() and Path(provenance["adapter"]).is_absolute()
     assert provenance["dtype"] == "bfloat16"
 
     figures = trained / "figures"
