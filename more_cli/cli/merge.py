@@ -93,8 +93,9 @@ def merge(
     console.print(_results_table(results))
     if not no_verify:
         console.print(
-            f"verified: outputs of each export reloaded from disk match the unmerged adapter "
-            f"within {TOLERANCES[torch_dtype]:g} x max(1, max |output|) ({dtype.value})"
+            "verification ok: every export, reloaded from disk, gives the unmerged adapter's "
+            f"outputs (allowed: {TOLERANCES[torch_dtype]:g} x max(1, max |output|), "
+            f"{dtype.value})"
         )
     first = results[0]
     config = json.loads((first.merged_dir / "config.json").read_text())
@@ -108,7 +109,8 @@ def _results_table(results: list[ExportResult]) -> Table:
 
     out_dir = results[0].merged_dir.parent.parent
     table = Table(title=f"exports in {out_dir}")
-    for column in ("task", "mean rank", "merged", "peft", "max |Δ| merged", "max |Δ| peft"):
+    columns = ("task", "mean rank", "merged", "peft", "max |Δ| merged", "max |Δ| peft", "check")
+    for column in columns:
         table.add_column(column, justify="right" if column.startswith(("mean", "max")) else "left")
     for result in results:
         differences = result.differences or {}
@@ -118,6 +120,8 @@ def _results_table(results: list[ExportResult]) -> Table:
             str(result.merged_dir.relative_to(out_dir)),
             str(result.peft_dir.relative_to(out_dir)),
             *(f"{differences[k]:.2e}" if k in differences else "-" for k in ("merged", "peft")),
+            # A difference beyond the tolerance raises before the table: shown means passed.
+            "ok" if differences else "not verified",
         )
     return table
 

@@ -31,7 +31,7 @@ def trained(write_recipe: Callable[..., Path], run_dir: Path) -> Path:
 def test_merge_then_inspect_a_trained_run(trained: Path) -> None:
     code, out, err = _more("merge", trained, "--task", "rte")
     assert code == 0, err
-    assert "verified" in out
+    assert "verification ok" in out
     for kind, name in (("merged", "model.safetensors"), ("peft", "adapter_model.safetensors")):
         assert (trained / "exports" / kind / "rte" / name).is_file()
     assert not (trained / "exports" / "merged" / "sst2").exists()

@@ -58,7 +58,7 @@ def test_transfer_then_use_the_new_run(
 
     code, out, err = _more("merge", target, "--task", "rte")
     assert code == 0, err
-    assert "verified" in out
+    assert "verification ok" in out
     code, out, err = _more("inspect", target, "--out", target / "figures")
     assert code == 0, err
     assert json.loads((target / "figures" / "inspection.json").read_text())["tasks"] == [
