@@ -35,6 +35,7 @@ class LayerValues:
     layers: list[str]
     values: np.ndarray
     maximum: float
+    minimum: float = 0.0  # the scale's bottom: ranks start at 1, confidence at 0
 
 
 def rank_values(adapter: MultiTaskAdapter) -> LayerValues:
@@ -42,7 +43,9 @@ def rank_values(adapter: MultiTaskAdapter) -> LayerValues:
     ranks = adapter.chosen_ranks()
     layers = list(adapter.layers)
     matrix = np.array([[ranks[t][name] for name in layers] for t in adapter.tasks], dtype=float)
-    return LayerValues("chosen rank", adapter.tasks, layers, matrix, float(adapter.config.r))
+    return LayerValues(
+        "chosen rank", adapter.tasks, layers, matrix, float(adapter.config.r), minimum=1.0
+    )
 
 
 def confidence_values(adapter: MultiTaskAdapter) -> LayerValues:
@@ -216,11 +219,12 @@ def task_embeddings(adapter: MultiTaskAdapter) -> TaskEmbeddings | None:
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
-    """Rows projected on their first two principal components (zeros where fewer exist)."""
+    """Rows projected on their first two principal components (zeros where fewer exist: n
+    centred rows span at most n - 1 directions, so two tasks have one component)."""
     centred = vectors - vectors.mean(axis=0, keepdims=True)
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
     coords = np.zeros((vectors.shape[0], 2))
-    n = min(2, s.shape[0])
+    n = min(2, s.shape[0], vectors.shape[0] - 1)
     coords[:, :n] = u[:, :n] * s[:n]
     return coords
 
@@ -259,7 +263,7 @@ def plot_layer_values(values: LayerValues, path: Path):
     width = min(max(6.0, 0.22 * len(labels) + 2.5), 60.0)
     figure, axes = plt.subplots(figsize=(width, 1.0 + 0.45 * len(values.tasks) + 1.2))
     image = axes.imshow(
-        values.values, aspect="auto", cmap="viridis", vmin=0, vmax=values.maximum,
+        values.values, aspect="auto", cmap="viridis", vmin=values.minimum, vmax=values.maximum,
         interpolation="nearest",
     )  # fmt: skip
     axes.set_yticks(range(len(values.tasks)), values.tasks)
@@ -294,9 +298,13 @@ def plot_task_embeddings(embeddings: TaskEmbeddings, path: Path):
     right.scatter(x, y)
     for task, xi, yi in zip(embeddings.tasks, x, y, strict=True):
         right.annotate(task, (xi, yi), textcoords="offset points", xytext=(4, 4))
-    right.set_title("PCA of task embeddings")
     right.set_xlabel("PC 1")
-    right.set_ylabel("PC 2")
+    if n > 2:
+        right.set_title("PCA of task embeddings")
+        right.set_ylabel("PC 2")
+    else:  # two tasks span one direction: a second axis would be noise
+        right.set_title("PCA of task embeddings (two tasks: one component)")
+        right.set_yticks([])
     figure.tight_layout()
     figure.savefig(path, dpi=150)
     plt.close(figure)

@@ -13,6 +13,7 @@ from more_cli.inspection import (
     layer_blocks,
     pca_2d,
     plot_layer_values,
+    plot_task_embeddings,
     rank_values,
     task_embeddings,
 )
@@ -35,6 +36,7 @@ def test_heatmap_plots_the_forced_ranks(tmp_path: Path) -> None:
     np.testing.assert_array_equal(plotted[1], 6)
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["a", "b"]
     assert (tmp_path / "ranks.png").stat().st_size > 0
+    assert figure.axes[0].images[0].get_clim() == (1.0, 8.0)  # ranks start at 1, not 0
 
 
 def test_blocks_group_layers_with_unique_module_labels() -> None:
@@ -89,3 +91,13 @@ def test_pca_keeps_distances_of_planar_points() -> None:
     distance = np.linalg.norm(projected[1] - projected[2])
     assert distance == np.float64(distance) and abs(distance - 5.0) < 1e-9
     assert pca_2d(points[:1]).tolist() == [[0.0, 0.0]]
+
+
+def test_two_tasks_have_one_principal_component(tmp_path: Path) -> None:
+    two = pca_2d(np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0]]))
+    assert two[:, 1].tolist() == [0.0, 0.0] and abs(two[0, 0] - two[1, 0]) > 0
+    config = AdapterConfig(r=4, targets=["q"], task_embedding="shared", task_embedding_dim=8)
+    figure = plot_task_embeddings(
+        task_embeddings(inject_adapter(tiny_t5(), config, ["a", "b"])), tmp_path / "e.png"
+    )
+    assert "one component" in figure.axes[1].get_title()
