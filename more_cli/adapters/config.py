@@ -11,7 +11,7 @@ shows a setting that is not in force.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
@@ -156,8 +156,8 @@ class AdapterConfig(BaseModel):
     @classmethod
     def _kind_fields(cls, data: Any) -> Any:
         """Refuse a field that the kind does not read; fill in the ones it does."""
-        if not isinstance(data, dict):
-            return data
+        if not isinstance(data, dict) or data.get("kind", "more") not in get_args(AdapterKind):
+            return data  # an unknown kind is reported by the field's own check
         data = dict(data)
         for field, (_, default) in KIND_FIELDS.items():
             if applies_to(field, data):

@@ -139,3 +139,9 @@ def test_a_format_1_moelora_adapter_is_refused_with_the_reason(tmp_path) -> None
     format_1(tmp_path, "moelora", config)
     with pytest.raises(UserError, match="format 1.*rebuilt as its paper defines it"):
         load_adapter(BUILDERS["t5"](), tmp_path)
+
+
+def test_an_unknown_kind_is_reported_as_such_not_as_an_inactive_key() -> None:
+    with pytest.raises(ValidationError, match="Input should be 'more'") as caught:
+        AdapterConfig(kind="moe-lora", cl_weight=0.1)
+    assert "no effect" not in str(caught.value)
