@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from yaml.constructor import ConstructorError
 
-from more_cli.adapters.config import KIND_FIELDS, applies_to
+from more_cli.adapters.config import KIND_FIELDS, without_inactive
 from more_cli.errors import UserError
 from more_cli.recipe import Recipe
 from more_cli.rundir import atomic_write_text
@@ -127,13 +127,11 @@ def _upgraded_resolved(data: dict[str, Any]) -> dict[str, Any]:
     adapter = data.get("adapter")
     if not isinstance(adapter, dict):
         return data
-    inactive = [k for k in adapter if k in KIND_FIELDS and not applies_to(k, adapter)]
-    if not inactive:
-        return data
+    if without_inactive(adapter) == adapter:
+        return data  # written by format 2: only keys in force
     if adapter.get("kind") == "multilora":
         adapter = adapter | {"kind": "per_task_lora"}
-    adapter = {k: v for k, v in adapter.items() if k not in KIND_FIELDS or applies_to(k, adapter)}
-    return data | {"adapter": adapter}
+    return data | {"adapter": without_inactive(adapter)}
 
 
 def dump_resolved(recipe: Recipe, path: Path) -> None:

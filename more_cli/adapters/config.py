@@ -54,6 +54,12 @@ def applies_to(field: str, config: dict[str, Any]) -> bool:
     return True
 
 
+def without_inactive(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (an adapter config as a dict) without the kind-specific keys its kind does
+    not read."""
+    return {k: v for k, v in config.items() if k not in KIND_FIELDS or applies_to(k, config)}
+
+
 def _inactive_message(field: str, kind: str) -> str:
     kinds = KIND_FIELDS[field][0]
     if field == "task_embedding_dim" and kind == "more":
@@ -190,12 +196,7 @@ class AdapterConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _drop_inactive(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        return {
-            key: value
-            for key, value in data.items()
-            if key not in KIND_FIELDS or applies_to(key, data)
-        }
+        return without_inactive(handler(self))
 
     @property
     def scaling(self) -> float:

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from more_cli.adapters.config import KIND_FIELDS, AdapterConfig, applies_to
+from more_cli.adapters.config import AdapterConfig, without_inactive
 from more_cli.adapters.injection import MultiTaskAdapter, inject_adapter
 from more_cli.atomic import atomic_write_bytes
 from more_cli.errors import UserError
@@ -95,9 +95,8 @@ def _upgraded(description: dict, path: Path) -> dict:
             f"{path} is a {kind} adapter in format 1, from before {kind} was rebuilt as its "
             "paper defines it; its tensors do not fit today's kind: train it again"
         )
-    config = dict(config) | {"kind": "per_task_lora" if kind == "multilora" else kind}
-    config = {k: v for k, v in config.items() if k not in KIND_FIELDS or applies_to(k, config)}
-    return description | {"config": config}
+    renamed = config | {"kind": "per_task_lora" if kind == "multilora" else kind}
+    return description | {"config": without_inactive(renamed)}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from more_cli.adapters.config import KIND_FIELDS, AdapterConfig, AdapterKind, applies_to
+from more_cli.adapters.config import AdapterConfig, AdapterKind, without_inactive
 
 KINDS = list(get_args(AdapterKind))
 MERGEABLE_KINDS = [kind for kind in KINDS if kind != "mosld"]
@@ -13,6 +13,4 @@ MERGEABLE_KINDS = [kind for kind in KINDS if kind != "mosld"]
 def adapter_config(kind: str, **fields: Any) -> AdapterConfig:
     """``AdapterConfig(kind=kind, **fields)`` without the fields ``kind`` does not read, so one
     parametrised test can pass e.g. ``num_experts=2`` to every kind."""
-    given = {"kind": kind, **fields}
-    kept = {k: v for k, v in given.items() if k not in KIND_FIELDS or applies_to(k, given)}
-    return AdapterConfig(**kept)
+    return AdapterConfig(**without_inactive({"kind": kind, **fields}))
