@@ -7,7 +7,7 @@ from typing import Any, get_args
 from more_cli.adapters.config import AdapterConfig, AdapterKind, without_inactive
 
 KINDS = list(get_args(AdapterKind))
-MERGEABLE_KINDS = [kind for kind in KINDS if kind != "mosld"]
+MERGEABLE_KINDS = [kind for kind in KINDS if AdapterConfig(kind=kind).mergeable]
 
 
 def adapter_config(kind: str, **fields: Any) -> AdapterConfig:
