@@ -53,6 +53,7 @@ from scipy import stats
 
 from benchmarks.common import RESULTS_DIR, environment, write_json
 from benchmarks.quality import (
+    ABLATIONS,
     ALPHA,
     DEFAULT_GLUE_DIR,
     HEADLINE_NAMES,
@@ -83,7 +84,9 @@ SETTINGS = Settings(
     lr=LR_GRID[1],
     max_source_length=64,
 )
-CONFIGS = {name: fields for name, fields in METHODS.items() if name != "per_task_lora"}
+METHOD_CONFIGS = [name for name in METHODS if name != "per_task_lora"]
+# MoRE's ablations (candidate fixes) run under the same protocol when named in --configs.
+CONFIGS = {name: METHODS.get(name) or ABLATIONS[name] for name in METHOD_CONFIGS + list(ABLATIONS)}
 OUT_JSON = RESULTS_DIR / "glue8.json"
 CALIBRATION_JSON = RESULTS_DIR / "glue8_calibration.json"
 # A predictor's trivial score on val_select that the calibrated setting must clear with LoRA.
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=["select", "test"])
     parser.add_argument("--report", action="store_true", help="tables from the JSON only")
     parser.add_argument("--calibration", type=Path, nargs="+", help="record calibration runs")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=METHOD_CONFIGS)
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID))
     parser.add_argument("--steps", type=int, default=SETTINGS.steps)
     parser.add_argument("--glue-dir", type=Path, default=DEFAULT_GLUE_DIR)
