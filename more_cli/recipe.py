@@ -157,7 +157,11 @@ class TrainConfig(_Section):
     )
     log_every: int = Field(10, ge=1, description="Log loss / lr / throughput every N steps.")
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=list, description="accelerate trackers besides metrics.jsonl."
+        default_factory=list,
+        description="accelerate trackers besides metrics.jsonl: loss, lr and throughput, every "
+        "evaluation per task and metric (<split>/<task>/<metric>) and the final test scores. "
+        "TensorBoard writes to RUN_DIR/more/. The tracker's package must be installed "
+        "(tensorboard: pip install -e '.[tracking]'), else the run is refused before it starts.",
     )
     eval_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
 

@@ -28,7 +28,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from more_cli.adapters import MultiTaskAdapter, inject_adapter, load_adapter_weights
-from more_cli.adapters.state import check_same_adapter, read_weights
+from more_cli.adapters.state import check_same_adapter, read_weights, verify_adapter_folder
 from more_cli.errors import UserError
 from more_cli.modeling import (
     HEADS_FILE,
@@ -76,7 +76,8 @@ class LoadedRun:
 
 
 def adapter_source(run_dir: str | Path, checkpoint: str | None = None) -> Path:
-    """``RUN_DIR/adapter``, or ``RUN_DIR/checkpoints/<checkpoint>/adapter``, checked to exist."""
+    """``RUN_DIR/adapter``, or ``RUN_DIR/checkpoints/<checkpoint>/adapter``, checked to exist
+    and to match its manifest."""
     run = RunDir(Path(run_dir))
     if not run.recipe.is_file():
         raise UserError(
@@ -89,6 +90,7 @@ def adapter_source(run_dir: str | Path, checkpoint: str | None = None) -> Path:
             f"{run.root} has no final adapter yet",
             details=["finish or resume the run, or use a checkpoint with --checkpoint step-N"],
         )
+    verify_adapter_folder(source)
     return source
 
 
@@ -111,7 +113,9 @@ def load_run(
     source = adapter_source(run_dir, checkpoint)
     run = RunDir(Path(run_dir))
     recipe = load_recipe(run.recipe, resolved=True)
-    model, tokenizer, family = load_base_as(recipe, base_weights, _head_specs(source, recipe))
+    label_names = _label_names(recipe)
+    heads = _head_specs(source, recipe, label_names)
+    model, tokenizer, family = load_base_as(recipe, base_weights, heads)
     adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
     check_same_adapter(adapter, source)  # the run's own adapter, not one from elsewhere
     load_adapter_weights(adapter, source)
@@ -125,7 +129,7 @@ def load_run(
         adapter=adapter,
         source=source,
         base_weights=base_weights,
-        label_names=_label_names(recipe) if isinstance(model, TaskHeadModel) else {},
+        label_names=label_names if isinstance(model, TaskHeadModel) else {},
     )
 
 
@@ -147,18 +151,28 @@ def load_base_as(
     return loaded
 
 
-def _head_specs(source: Path, recipe: Recipe) -> list[HeadSpec] | None:
-    """Encoder heads as saved (width 1 = regression), so no task data is needed to export."""
+def _head_specs(
+    source: Path, recipe: Recipe, label_names: dict[str, list[str] | None]
+) -> list[HeadSpec] | None:
+    """Encoder heads as saved (width 1 = regression), so no task data is needed to export;
+    where the task's labels are known, a head of another width is refused."""
     path = source / HEADS_FILE
     if not path.is_file():
         return None
     tensors = read_weights(path)
     specs = []
     for task in recipe.task_names:
-        weight = tensors.get(f"{task}.weight")
-        if weight is None:
+        weight, bias = tensors.get(f"{task}.weight"), tensors.get(f"{task}.bias")
+        if weight is None or weight.dim() != 2:
             raise UserError(f"{path} holds no head for task {task!r}; the file is incomplete")
         width = weight.shape[0]
+        labels = label_names.get(task)
+        expected = len(labels) if labels else width
+        if width != expected or (bias is not None and tuple(bias.shape) != (width,)):
+            raise UserError(
+                f"{path}: the head of task {task!r} has shape {tuple(weight.shape)}, not "
+                f"{expected} outputs for its {expected} labels; the file is damaged"
+            )
         specs.append(HeadSpec(task, None if width == 1 else width))
     return specs
 

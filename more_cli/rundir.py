@@ -12,7 +12,9 @@ Layout (see docs/architecture.md, "Run directory")::
 Every file is written to a temporary name in its own folder, flushed to disk and renamed
 into place; folders are built as ``.tmp-*`` siblings, flushed and renamed, so a crash never
 leaves half a file or half a checkpoint under its final name. A checkpoint is complete once its
-``COMPLETE`` marker exists (written last, inside the temporary folder).
+``SHA256SUMS`` manifest exists (written last, inside the temporary folder; see
+:mod:`more_cli.integrity`); checkpoints of older versions carry an empty ``COMPLETE`` marker
+instead and are read without digests.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from typing import Any, Literal
 
 from more_cli.atomic import atomic_write_bytes, umask
 from more_cli.errors import UserError
+from more_cli.integrity import has_manifest, manifest_problem, write_manifest
 
 FORMAT_VERSION = 1
-COMPLETE_MARKER = "COMPLETE"
+LEGACY_COMPLETE_MARKER = "COMPLETE"  # before manifests: an empty file written last
 RunStatus = Literal["running", "finished", "failed", "interrupted"]
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -219,11 +222,18 @@ def _now() -> str:
 
 
 def is_complete(checkpoint: Path) -> bool:
-    return (checkpoint / COMPLETE_MARKER).is_file()
+    return has_manifest(checkpoint) or (checkpoint / LEGACY_COMPLETE_MARKER).is_file()
 
 
 def mark_complete(directory: Path) -> None:
-    atomic_write_text(directory / COMPLETE_MARKER, "")
+    """Seal a finished checkpoint folder: its manifest, written last."""
+    write_manifest(directory)
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a complete checkpoint cannot be trusted (a file missing or changed), else None.
+    Checkpoints from before manifests have no digests to check."""
+    return manifest_problem(checkpoint) if has_manifest(checkpoint) else None
 
 
 def list_checkpoints(run: RunDir) -> list[tuple[int, Path]]:
@@ -241,6 +251,18 @@ def list_checkpoints(run: RunDir) -> list[tuple[int, Path]]:
 def latest_checkpoint(run: RunDir) -> Path | None:
     checkpoints = list_checkpoints(run)
     return checkpoints[-1][1] if checkpoints else None
+
+
+def newest_good_checkpoint(run: RunDir) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint that passes its manifest, and for each newer one that
+    does not, the reason it was passed over."""
+    passed_over = []
+    for _, path in reversed(list_checkpoints(run)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, passed_over
+        passed_over.append(f"{path.name} skipped: {problem}")
+    return None, passed_over
 
 
 def prune_checkpoints(run: RunDir, keep_last: int, best_step: int | None) -> list[Path]:

@@ -108,7 +108,7 @@ def test_every_rank_resumes_from_the_main_process_sampler_state() -> None:
 
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    return load_file(str(run / "adapter" / "more_adapter.safetensors"))
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def test_4bit_base_trains_with_two_processes(
     done = more_train(str(recipe), "--num-processes", "2", "-o", str(two))
     assert done.returncode == 0, done.stderr[-3000:]
     one = train(load_recipe(recipe, ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
-    weights = "adapter/adapter_model.safetensors"
+    weights = "adapter/more_adapter.safetensors"
     mine, theirs = load_file(str(two / weights)), load_file(str(one / weights))
     for key, value in theirs.items():
         torch.testing.assert_close(mine[key], value, atol=1e-5, rtol=0, msg=key)

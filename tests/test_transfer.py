@@ -78,9 +78,9 @@ def test_transfer_trains_the_new_task_and_keeps_old_ones_bit_for_bit(
     assert load_run(run).adapter.tasks == ["sst2", "rte"]
 
     # Every adapter tensor is the source's, except the new task's embedding rows.
-    before = load_file(source / "adapter" / "adapter_model.safetensors")
-    step_2 = load_file(run / "checkpoints" / "step-2" / "adapter" / "adapter_model.safetensors")
-    after = load_file(run / "adapter" / "adapter_model.safetensors")
+    before = load_file(source / "adapter" / "more_adapter.safetensors")
+    step_2 = load_file(run / "checkpoints" / "step-2" / "adapter" / "more_adapter.safetensors")
+    after = load_file(run / "adapter" / "more_adapter.safetensors")
     grown = [key for key in after if after[key].shape != before[key].shape]
     assert {key for key in grown if "embedding" in key} and "router.fixed_ranks" in grown
     for key, old in before.items():
@@ -106,8 +106,8 @@ def test_transfer_trains_the_new_task_and_keeps_old_ones_bit_for_bit(
 def test_training_the_gates_moves_old_tasks(source_run, write_recipe) -> None:
     source = source_run("seq2seq")
     recipe = transfer_recipe(write_recipe, source, transfer={"train_gates": True})
-    before = load_file(source / "adapter" / "adapter_model.safetensors")
-    after = load_file(train(recipe) / "adapter" / "adapter_model.safetensors")
+    before = load_file(source / "adapter" / "more_adapter.safetensors")
+    after = load_file(train(recipe) / "adapter" / "more_adapter.safetensors")
     gates = [key for key in before if "gate" in key]
     assert gates and not all(torch.equal(before[key], after[key]) for key in gates)
 

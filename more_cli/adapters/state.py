@@ -1,8 +1,12 @@
-"""Adapter state on disk: ``adapter_model.safetensors`` + ``adapter_config.json``.
+"""Adapter state on disk: ``more_adapter.safetensors`` + ``more_adapter.json`` + ``SHA256SUMS``.
 
 The JSON carries a format version, the adapter config, the task list and the shape of every
-adapted layer; loading checks all of it against the model before touching any weight and
-never unpickles anything.
+adapted layer; loading checks the manifest's digests, then all of that against the model
+before touching any weight, and never unpickles anything.
+
+The names are not PEFT's (``adapter_config.json`` / ``adapter_model.safetensors``): this is
+another format, and peft must not half-read it. Folders written before the rename (format 2
+and older, no manifest) still load under their old names, with no digests to check.
 """
 
 from __future__ import annotations
@@ -19,14 +23,31 @@ from more_cli.adapters.config import AdapterConfig, without_inactive
 from more_cli.adapters.injection import MultiTaskAdapter, inject_adapter
 from more_cli.atomic import atomic_write_bytes
 from more_cli.errors import UserError
+from more_cli.integrity import has_manifest, verify_manifest, write_manifest
 from more_cli.sharded import copy_whole_into, whole
 
 # 2: baselines rebuilt as their papers define them (multilora is MultiLoRA, the old per-task
 # LoRA is per_task_lora; moelora and mosld changed shape); config keys a kind does not read
-# are no longer written.
-FORMAT_VERSION = 2
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+# are no longer written. 3: files renamed away from PEFT's names, SHA256SUMS manifest.
+FORMAT_VERSION = 3
+CONFIG_FILE = "more_adapter.json"
+WEIGHTS_FILE = "more_adapter.safetensors"
+LEGACY_FILES = {CONFIG_FILE: "adapter_config.json", WEIGHTS_FILE: "adapter_model.safetensors"}
+
+
+def adapter_file(directory: str | Path, name: str) -> Path:
+    """``directory/name``, or the file's name before format 3 where only that one exists."""
+    path = Path(directory) / name
+    legacy = Path(directory) / LEGACY_FILES[name]
+    return legacy if not path.exists() and legacy.exists() else path
+
+
+def verify_adapter_folder(directory: str | Path) -> None:
+    """Check every file of an adapter folder against its manifest; a folder written before
+    manifests (old file names, none) has nothing to check. Raises :class:`UserError`."""
+    directory = Path(directory)
+    if has_manifest(directory) or (directory / CONFIG_FILE).exists():
+        verify_manifest(directory)
 
 
 def _describe(adapter: MultiTaskAdapter) -> dict:
@@ -51,20 +72,25 @@ def save_adapter(
     adapter: MultiTaskAdapter,
     directory: str | Path,
     tensors: dict[str, torch.Tensor] | None = None,
+    *,
+    seal: bool = True,
 ) -> Path:
-    """Write the adapter's weights and description into ``directory`` (each file atomically);
-    ``tensors`` are those :func:`adapter_tensors` already gathered."""
+    """Write the adapter's weights and description into ``directory`` (each file atomically),
+    then its manifest; ``tensors`` are those :func:`adapter_tensors` already gathered. With
+    ``seal=False`` the caller adds files of its own and writes the manifest itself."""
     directory = Path(directory)
     tensors = adapter_tensors(adapter) if tensors is None else tensors
     atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     text = json.dumps(_describe(adapter), indent=2)
     atomic_write_bytes(directory / CONFIG_FILE, text.encode())
+    if seal:
+        write_manifest(directory)
     return directory
 
 
 def read_description(directory: str | Path) -> dict:
     """The adapter JSON of ``directory``, checked for presence, syntax and format version."""
-    path = Path(directory) / CONFIG_FILE
+    path = adapter_file(directory, CONFIG_FILE)
     if not path.is_file():
         raise UserError(f"{path} not found; point at a folder written by `more train` or save()")
     try:
@@ -100,13 +126,21 @@ def _upgraded(description: dict, path: Path) -> dict:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """safetensors only; a truncated or foreign file is a clear error naming the file."""
+    """safetensors only; a truncated or foreign file, or one holding NaN or infinite values
+    (bytes changed in a folder without digests), is a clear error naming the file."""
     if not path.is_file():
         raise UserError(f"{path} not found; the folder holding it is incomplete")
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise UserError(f"{path} is not a readable safetensors file ({error})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{path}: tensor {name} holds NaN or infinite values; the file is damaged",
+                details=["restore it from a copy, or resume from an earlier checkpoint"],
+            )
+    return tensors
 
 
 def load_adapter(
@@ -119,12 +153,13 @@ def load_adapter(
         directory: folder written by :func:`save_adapter`.
         tasks: optional check that the adapter knows exactly these tasks.
     """
+    verify_adapter_folder(directory)
     description = read_description(directory)
     try:
         config = AdapterConfig.model_validate(description["config"])
     except Exception as error:  # pydantic ValidationError, KeyError on damaged files
         raise UserError(
-            f"{Path(directory) / CONFIG_FILE} holds no valid adapter config ({error})"
+            f"{adapter_file(directory, CONFIG_FILE)} holds no valid adapter config ({error})"
         ) from None
     saved_tasks = list(description.get("tasks", []))
     if tasks is not None and list(tasks) != saved_tasks:
@@ -140,7 +175,7 @@ def load_adapter(
 def check_same_adapter(adapter: MultiTaskAdapter, directory: str | Path) -> None:
     """Refuse a saved adapter whose config or tasks differ from ``adapter``'s: a checkpoint
     of another adapter kind or another recipe must not be loaded into it."""
-    path = Path(directory) / CONFIG_FILE
+    path = adapter_file(directory, CONFIG_FILE)
     description = read_description(directory)
     saved = description.get("config")
     saved = saved if isinstance(saved, dict) else {}
@@ -181,7 +216,7 @@ def _check_layers(adapter: MultiTaskAdapter, saved: dict, directory: str | Path)
 
 def load_adapter_weights(adapter: MultiTaskAdapter, directory: str | Path) -> None:
     """Copy the saved tensors into an existing adapter, checking names, shapes and kind."""
-    path = Path(directory) / WEIGHTS_FILE
+    path = adapter_file(directory, WEIGHTS_FILE)
     saved = read_weights(path)
     current = adapter.state_dict()
     if set(saved) != set(current):

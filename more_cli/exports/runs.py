@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from more_cli.errors import UserError
+from more_cli.exports.cards import model_card
 from more_cli.exports.heads import task_head
 from more_cli.exports.verify import verify_export
 from more_cli.exports.writers import (
@@ -78,12 +79,13 @@ def export_run(
     for task in names:
         peft_dir = export_peft(
             reference.adapter, task, out_dir / "peft" / task, base_name,
-            family=reference.family, dtype=dtype, head=task_head(reference, task), force=force,
+            family=reference.family, dtype=dtype, head=task_head(reference, task),
+            card=model_card(reference, task, "peft", base_name), force=force,
         )  # fmt: skip
+        merging = load_run(run_dir, checkpoint, base_weights=base_weights)
         merged_dir = export_merged(
-            load_run(run_dir, checkpoint, base_weights=base_weights),
-            task, out_dir / "merged" / task,
-            dtype=dtype, max_shard_size=max_shard_size, force=force,
+            merging, task, out_dir / "merged" / task, dtype=dtype, max_shard_size=max_shard_size,
+            card=model_card(merging, task, "merged", base_name), force=force,
         )  # fmt: skip
         differences = None
         if verify:

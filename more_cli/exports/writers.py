@@ -8,14 +8,17 @@ import re
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from more_cli.adapters import MultiTaskAdapter, base_layers
 from more_cli.errors import UserError
+from more_cli.exports.cards import CARD_FILE
 from more_cli.exports.factors import lora_factors
 from more_cli.exports.heads import TaskHead, task_head
+from more_cli.integrity import write_manifest
 from more_cli.modeling import (
     Family,
 )
@@ -49,9 +52,11 @@ def export_peft(
     family: Family,
     dtype: torch.dtype = torch.float32,
     head: TaskHead | None = None,
+    card: ModelCard | None = None,
     force: bool = False,
 ) -> Path:
-    """Write ``task``'s update as a standard PEFT LoRA adapter into ``out_dir``.
+    """Write ``task``'s update as a standard PEFT LoRA adapter into ``out_dir`` (with
+    ``card`` as its ``README.md``).
 
     Module paths are those of the model the adapter was injected into (the backbone for
     encoders), so ``PeftModel.from_pretrained(<that base model>, out_dir)`` loads it.
@@ -88,6 +93,9 @@ def export_peft(
         save_file(tensors, str(temporary / "adapter_model.safetensors"), metadata={"format": "pt"})
         if head is not None:
             head.save(temporary)
+        if card is not None:
+            card.save(temporary / CARD_FILE)
+        write_manifest(temporary)
     return out_dir
 
 
@@ -98,9 +106,11 @@ def export_merged(
     *,
     dtype: torch.dtype = torch.float32,
     max_shard_size: str = "2GB",
+    card: ModelCard | None = None,
     force: bool = False,
 ) -> Path:
-    """Merge ``task``'s update into ``run``'s base and save a plain Hugging Face checkpoint.
+    """Merge ``task``'s update into ``run``'s base and save a plain Hugging Face checkpoint
+    (with ``card`` as its ``README.md``).
 
     The merge consumes ``run``: its adapter is removed and its layers replaced; load the run
     again for another task. The update is added in float32, then the model is cast to
@@ -132,6 +142,9 @@ def export_merged(
         if head is not None:
             head.save(temporary)
         (temporary / EXPORT_DESCRIPTION).write_text(json.dumps(provenance, indent=2) + "\n")
+        if card is not None:
+            card.save(temporary / CARD_FILE)
+        write_manifest(temporary)
     return out_dir
 
 

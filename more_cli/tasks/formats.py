@@ -28,11 +28,32 @@ def column(row: Mapping[str, Any], name: str) -> Any:
 
 
 def text_column(row: Mapping[str, Any], name: str) -> str:
-    """A non-empty text column."""
-    value = column(row, name)
-    if value is None or not str(value).strip():
-        raise RowError(f"empty text in column {name!r}")
-    return str(value).strip()
+    """A non-empty text column: a string, never a number, list, object or boolean."""
+    return _text(column(row, name), f"column {name!r}")
+
+
+def _text(value: Any, where: str) -> str:
+    if value is None:
+        raise RowError(f"empty text in {where}")
+    if not isinstance(value, str):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise RowError(f"{where} holds a {_json_type(value)} ({shown}), not text")
+    if not value.strip():
+        raise RowError(f"empty text in {where}")
+    return value.strip()
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (a Python bool is also an int: test it first)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
 
 
 def fields_formatter(
@@ -71,9 +92,7 @@ def choice_formatter(
             raise RowError(f"{len(options)} options; expected 2–{letters}")
         shown = []
         for letter, option in zip(OPTION_LETTERS, options, strict=False):
-            if option is None or not str(option).strip():
-                raise RowError(f"empty text in option {letter}")
-            shown.append(f"({letter}) {str(option).strip()}")
+            shown.append(f"({letter}) {_text(option, f'option {letter}')}")
         return f"{prefix} question: {question} options: {' '.join(shown)}", answer
 
     return format_row

@@ -19,6 +19,7 @@ from more_cli import engines
 from more_cli.adapters import load_adapter_weights, save_adapter
 from more_cli.adapters.state import adapter_tensors, check_same_adapter, read_weights
 from more_cli.errors import UserError
+from more_cli.integrity import write_manifest
 from more_cli.modeling import (
     head_tensors,
     load_heads,
@@ -28,6 +29,7 @@ from more_cli.rundir import (
     FORMAT_VERSION,
     atomic_directory,
     atomic_write_json,
+    checkpoint_problem,
     is_complete,
     mark_complete,
     prune_checkpoints,
@@ -45,8 +47,10 @@ def write_adapter(
     adapter: dict[str, torch.Tensor],
     heads: dict[str, torch.Tensor],
 ) -> None:
-    save_adapter(session.adapter, directory, adapter)
+    """The adapter folder: weights, description, heads, and last the manifest over them."""
+    save_adapter(session.adapter, directory, adapter, seal=False)
     save_heads(unwrapped_model(session), directory, heads)
+    write_manifest(directory)
 
 
 def save_checkpoint(session: Session) -> None:
@@ -61,8 +65,10 @@ def save_checkpoint(session: Session) -> None:
         acc.wait_for_everyone()
     else:
         optimizer_tensors, optimizer_rest = _split_optimizer_state(session.optimizer.state_dict())
-    if acc.is_main_process and not is_complete(run.checkpoint(state.step)):
-        with atomic_directory(run.checkpoint(state.step)) as directory:
+    target = run.checkpoint(state.step)
+    # A damaged checkpoint of this step (passed over on resume) is replaced, an intact one kept.
+    if acc.is_main_process and (not is_complete(target) or checkpoint_problem(target)):
+        with atomic_directory(target) as directory:
             write_adapter(session, directory / "adapter", adapter, heads)
             _write_trainer_state(session, directory / "trainer", optimizer_tensors, optimizer_rest)
             if engine_state is not None:

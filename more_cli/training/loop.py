@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from more_cli.adapters import load_adapter_weights
-from more_cli.adapters.state import adapter_tensors
+from more_cli.adapters.state import adapter_tensors, verify_adapter_folder
 from more_cli.errors import UserError
 from more_cli.evaluation.scoring import score_tasks, selection_split, test_split
 from more_cli.modeling import (
@@ -61,11 +61,17 @@ from more_cli.rundir import (
     RunDir,
     atomic_directory,
     atomic_write_json,
-    latest_checkpoint,
+    newest_good_checkpoint,
     write_run_info,
 )
 from more_cli.training.checkpoints import restore_checkpoint, save_checkpoint, write_adapter
-from more_cli.training.reporting import LossWindow, init_trackers, log_metrics, progress
+from more_cli.training.reporting import (
+    LossWindow,
+    init_trackers,
+    log_metrics,
+    progress,
+    tracker_values,
+)
 from more_cli.training.session import (
     Session,
     check_run_dir,
@@ -93,8 +99,10 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     """
     recipe = resolve_transfer(recipe)
     run = RunDir(Path(recipe.output_dir))
-    checkpoint = check_run_dir(run, recipe, resume)
+    checkpoint, passed_over = check_run_dir(run, recipe, resume)
     session = setup(recipe, run)
+    for line in passed_over:
+        session.say(line)
     if checkpoint is not None:
         restore_checkpoint(session, checkpoint)
         session.say(f"resuming {run.root} from {checkpoint.name}")
@@ -172,7 +180,7 @@ def _check_finite(session: Session, loss: torch.Tensor) -> None:
     if bool(torch.isfinite(session.accelerator.gather(loss.detach()[None])).all()):
         return
     state, run = session.state, session.run
-    last_good = latest_checkpoint(run)
+    last_good, _ = newest_good_checkpoint(run)
     raise UserError(
         f"the loss became {loss.item()} at step {state.step + 1}; training stopped",
         details=[
@@ -227,12 +235,15 @@ def _finish(session: Session) -> None:
     acc, state, run = session.accelerator, session.state, session.run
     if state.best_step is not None and state.best_step != state.step:
         best = run.checkpoint(state.best_step) / "adapter"
+        verify_adapter_folder(best)
         load_adapter_weights(session.adapter, best)
         load_heads(unwrapped_model(session), best)
     # Every process gathers and evaluates (under FSDP2 both need all of them); main writes.
     adapter, heads = adapter_tensors(session.adapter), head_tensors(unwrapped_model(session))
     report = _evaluate_in_training(session, test_split(session.recipe))
     report["source"] = "adapter"
+    acc.log(tracker_values({"split": report["split"], "eval": report["tasks"],
+                            "average": report["average"]}), step=state.step)  # fmt: skip
     if acc.is_main_process:
         with atomic_directory(run.adapter) as directory:
             write_adapter(session, directory, adapter, heads)

@@ -58,12 +58,24 @@ class LossWindow:
         return record
 
 
+def tracker_values(values: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics record as tracker scalars: ``loss``, ``lr``, ... as they
+    are; an evaluation as ``<split>/average`` and ``<split>/<task>/<metric>``."""
+    if "eval" not in values:
+        return {k: v for k, v in values.items() if isinstance(v, int | float)}
+    split = values["split"]
+    scalars = {f"{split}/average": values["average"]}
+    for task, metrics in values["eval"].items():
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                scalars[f"{split}/{task}/{name}"] = value
+    return scalars
+
+
 def log_metrics(session: Session, values: dict[str, Any]) -> None:
     """One record in metrics.jsonl and the trackers; a plain line when not on a terminal."""
     step = session.state.step
-    session.accelerator.log(
-        {k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step
-    )
+    session.accelerator.log(tracker_values(values), step=step)
     if not session.accelerator.is_main_process:
         return
     append_jsonl(session.run.metrics, {"step": step, **values})

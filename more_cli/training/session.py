@@ -3,6 +3,7 @@ batches one run trains with, built once by :func:`setup`; and the start of a fre
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
 from more_cli.rundir import (
     RunDir,
-    latest_checkpoint,
+    newest_good_checkpoint,
     read_run_info,
     truncate_metrics,
     write_run_info,
@@ -141,8 +142,9 @@ class Session:
         return [task.name for task in self.tasks[self.batches.first_task_id :]]
 
 
-def check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> Path | None:
-    """Refuse to overwrite a run; for ``resume`` return the checkpoint to start from."""
+def check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> tuple[Path | None, list[str]]:
+    """Refuse to overwrite a run; for ``resume`` return the checkpoint to start from (the
+    newest that passes its manifest) and a line for each newer one passed over as damaged."""
     info = read_run_info(run)
     if not resume:
         if info is not None:
@@ -162,7 +164,7 @@ def check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> Path | None:
                 f"output directory {run.root} is not empty and is not a run directory",
                 details=["choose a new or empty folder with --output-dir"],
             )
-        return None
+        return None, []
     if info is None:
         raise UserError(
             f"nothing to resume: {run.root} holds no run",
@@ -174,7 +176,13 @@ def check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> Path | None:
             details=[f"score it with: more eval {run.root}", "or train anew with --output-dir"],
         )
     _check_same_experiment(run, recipe)
-    return latest_checkpoint(run)
+    checkpoint, passed_over = newest_good_checkpoint(run)
+    if checkpoint is None and passed_over:
+        raise UserError(
+            f"no checkpoint of {run.root} is intact, so the run cannot resume: {passed_over[0]}",
+            details=[*passed_over, "restore a checkpoint from a copy, or train anew elsewhere"],
+        )
+    return checkpoint, passed_over
 
 
 def _check_same_experiment(run: RunDir, recipe: Recipe) -> None:
@@ -207,7 +215,31 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# The package each accelerate tracker needs, and how to install it.
+TRACKER_PACKAGES = {
+    "tensorboard": (
+        "tensorboard",
+        "pip install 'more-cli[tracking]' (or: pip install tensorboard)",
+    ),
+    "wandb": ("wandb", "pip install wandb"),
+    "mlflow": ("mlflow", "pip install mlflow"),
+}
+
+
+def _check_trackers(recipe: Recipe) -> None:
+    """A tracker whose package is missing would log nothing (accelerate only warns)."""
+    for tracker in recipe.train.trackers:
+        package, install = TRACKER_PACKAGES[tracker]
+        if importlib.util.find_spec(package) is None:
+            raise UserError(
+                f"train.trackers: {tracker} needs the {package} package, which is not "
+                "installed; nothing was trained",
+                details=[f"install it: {install}", f"or remove {tracker} from train.trackers"],
+            )
+
+
 def _make_accelerator(recipe: Recipe, run: RunDir) -> Accelerator:
+    _check_trackers(recipe)
     precision = recipe.train.precision
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError(

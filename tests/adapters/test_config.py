@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import yaml
@@ -11,12 +9,12 @@ from pydantic import ValidationError
 
 from more_cli.adapters import AdapterConfig, inject_adapter, load_adapter, save_adapter
 from more_cli.adapters.config import KIND_FIELDS, applies_to
-from more_cli.adapters.state import CONFIG_FILE
 from more_cli.errors import UserError
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
 from tests.adapters.conftest import BUILDERS, randomize_adapter
 from tests.helpers.kinds import KINDS
+from tests.helpers.legacy import as_older_format
 
 VALUES = {
     "rank_scaling": False,
@@ -112,13 +110,9 @@ def test_a_run_recipe_from_before_format_2_still_loads(tmp_path) -> None:
 
 
 def format_1(tmp_path, kind: str, config: AdapterConfig) -> None:
-    """Rewrite a saved description as format 1 wrote it: kind as then named, every key."""
-    path = tmp_path / CONFIG_FILE
-    description = json.loads(path.read_text())
+    """Rewrite a saved adapter folder as format 1 wrote it: kind as then named, every key."""
     every_key = {field: default for field, (_, default) in KIND_FIELDS.items()}
-    description["config"] = every_key | description["config"] | {"kind": kind}
-    description["format_version"] = 1
-    path.write_text(json.dumps(description))
+    as_older_format(tmp_path, 1, every_key | config.model_dump(mode="json") | {"kind": kind})
 
 
 def test_a_format_1_multilora_adapter_loads_as_per_task_lora(tmp_path) -> None:

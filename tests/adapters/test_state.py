@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -10,8 +12,10 @@ import torch
 from more_cli.adapters import AdapterConfig, inject_adapter, load_adapter, save_adapter
 from more_cli.adapters.state import CONFIG_FILE, WEIGHTS_FILE
 from more_cli.errors import UserError
+from more_cli.integrity import MANIFEST, write_manifest
 from tests.adapters.conftest import BUILDERS, model_inputs, output_of, randomize_adapter
 from tests.helpers.kinds import KINDS, adapter_config
+from tests.helpers.legacy import as_older_format
 
 TASKS = ["alpha", "beta"]
 
@@ -65,6 +69,7 @@ def test_weights_of_another_kind_are_refused(tmp_path) -> None:
     saved_adapter(tmp_path / "lora", kind="lora")
     saved_adapter(tmp_path / "more", kind="more")
     (tmp_path / "more" / WEIGHTS_FILE).write_bytes((tmp_path / "lora" / WEIGHTS_FILE).read_bytes())
+    write_manifest(tmp_path / "more")  # digests that match: the content checks must catch it
     with pytest.raises(UserError, match="does not match this adapter"):
         load_adapter(BUILDERS["t5"](), tmp_path / "more")
 
@@ -73,8 +78,60 @@ def test_truncated_weights_name_the_file(tmp_path) -> None:
     saved_adapter(tmp_path)
     weights = tmp_path / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match=f"{weights} is damaged: its SHA-256 differs"):
+        load_adapter(BUILDERS["t5"](), tmp_path)
+    write_manifest(tmp_path)
     with pytest.raises(UserError, match=f"{WEIGHTS_FILE} is not a readable safetensors file"):
         load_adapter(BUILDERS["t5"](), tmp_path)
+
+
+def test_values_that_are_not_finite_are_refused_even_with_matching_digests(tmp_path) -> None:
+    adapter = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4), TASKS)
+    with torch.no_grad():
+        next(iter(adapter.state_dict().values())).fill_(float("nan"))
+    save_adapter(adapter, tmp_path)
+    with pytest.raises(UserError, match="holds NaN or infinite values; the file is damaged"):
+        load_adapter(BUILDERS["t5"](), tmp_path)
+
+
+def test_a_missing_or_damaged_manifest_is_refused(tmp_path) -> None:
+    saved_adapter(tmp_path)
+    manifest = tmp_path / MANIFEST
+    text = manifest.read_text()
+    manifest.write_text(text.replace("  ", " ", 1) + "garbage\n")
+    with pytest.raises(UserError, match=f"{manifest} is damaged"):
+        load_adapter(BUILDERS["t5"](), tmp_path)
+    manifest.unlink()
+    with pytest.raises(UserError, match=f"has no {MANIFEST}: it was not written completely"):
+        load_adapter(BUILDERS["t5"](), tmp_path)
+
+
+def test_a_listed_file_that_is_gone_is_named(tmp_path) -> None:
+    saved_adapter(tmp_path)
+    (tmp_path / WEIGHTS_FILE).unlink()
+    with pytest.raises(UserError, match=f"{tmp_path / WEIGHTS_FILE} is missing"):
+        load_adapter(BUILDERS["t5"](), tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils' sha256sum")
+def test_the_manifest_checks_with_sha256sum(tmp_path) -> None:
+    saved_adapter(tmp_path)
+    check = subprocess.run(["sha256sum", "-c", MANIFEST], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 0, check.stdout
+    (tmp_path / CONFIG_FILE).write_text("{}")
+    check = subprocess.run(["sha256sum", "-c", MANIFEST], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 1
+
+
+def test_a_folder_written_before_the_rename_still_loads(tmp_path) -> None:
+    torch.manual_seed(0)
+    adapter = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4), TASKS)
+    randomize_adapter(adapter)
+    save_adapter(adapter, tmp_path)
+    as_older_format(tmp_path, 2)  # PEFT-like names, no manifest
+    loaded = load_adapter(BUILDERS["t5"](), tmp_path)
+    for key, tensor in adapter.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
 
 
 def test_future_format_version_is_refused(tmp_path) -> None:
@@ -82,6 +139,7 @@ def test_future_format_version_is_refused(tmp_path) -> None:
     description = json.loads((tmp_path / CONFIG_FILE).read_text())
     description["format_version"] = 99
     (tmp_path / CONFIG_FILE).write_text(json.dumps(description))
+    write_manifest(tmp_path)
     with pytest.raises(UserError, match="newer than this more understands"):
         load_adapter(BUILDERS["t5"](), tmp_path)
 
@@ -90,10 +148,19 @@ def test_missing_or_damaged_description(tmp_path) -> None:
     with pytest.raises(UserError, match="not found"):
         load_adapter(BUILDERS["t5"](), tmp_path)
     (tmp_path / CONFIG_FILE).write_text("{not json")
+    write_manifest(tmp_path)
     with pytest.raises(UserError, match="not valid JSON"):
         load_adapter(BUILDERS["t5"](), tmp_path)
 
 
 def test_saving_leaves_no_temporary_files(tmp_path) -> None:
     saved_adapter(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, CONFIG_FILE, WEIGHTS_FILE]
+
+
+def test_peft_does_not_mistake_our_folder_for_one_of_its_adapters(tmp_path) -> None:
+    from peft import PeftConfig
+
+    saved_adapter(tmp_path)
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        PeftConfig.from_pretrained(str(tmp_path))

@@ -39,3 +39,11 @@ def test_speed_smoke(tmp_path: Path) -> None:
     assert results["memory"]["llama"]["more"]["trainable"] > 0
     assert (tmp_path / "speed_scaling_smoke.png").exists()
     assert (tmp_path / "speed_train_smoke.png").exists()
+
+
+def test_integrity_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "integrity.json"
+    _run("benchmarks.integrity", "--layers", "1", "--rounds", "1", "--out", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"adapter", "checkpoint"}
+    assert results["checkpoint"]["megabytes"] == 3 * results["adapter"]["megabytes"]

@@ -61,7 +61,7 @@ def write_run_recipe(
 
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    return load_file(str(run / "adapter" / "more_adapter.safetensors"))
 
 
 def _start(recipe: Path, log: Path) -> subprocess.Popen:

@@ -36,7 +36,7 @@ def test_train_resume_eval(write_recipe: Callable[..., Path], run_dir: Path) -> 
     assert code == 0, err
     for name in ("recipe.resolved.yaml", "run.json", "metrics.jsonl", "eval.json"):
         assert (other / name).is_file(), name
-    assert (other / "adapter" / "adapter_model.safetensors").is_file()
+    assert (other / "adapter" / "more_adapter.safetensors").is_file()
     assert (other / "checkpoints" / "step-4" / "trainer" / "state.json").is_file()
 
     full = (other / "eval.json").read_bytes()
@@ -72,7 +72,7 @@ def test_resume_continues_an_unfinished_run(
     assert code == 0, err
     assert "resuming" in out and "step-2" in out
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "adapter" / "more_adapter.safetensors").is_file()
 
 
 def _one_line_error(code: int, err: str) -> str:

@@ -11,6 +11,7 @@ import torch
 
 from more_cli.adapters import inject_adapter
 from more_cli.adapters.state import save_adapter
+from more_cli.integrity import write_manifest
 from more_cli.modeling import HeadSpec, adapter_host, load_base, save_heads
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved
@@ -53,8 +54,9 @@ def make_run(
         base, _, _ = load_base(recipe.model, heads)
         handle = inject_adapter(adapter_host(base), recipe.adapter, recipe.task_names)
         randomize(base, handle)
-        save_adapter(handle, run.adapter)
+        save_adapter(handle, run.adapter, seal=False)
         save_heads(base, run.adapter)
+        write_manifest(run.adapter)
         return run.root
 
     return make

@@ -24,7 +24,7 @@ def _losses(run: Path) -> list[float]:
 
 
 def _adapter(run: Path) -> dict:
-    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    return load_file(str(run / "adapter" / "more_adapter.safetensors"))
 
 
 @pytest.mark.parametrize("kind", ["seq2seq", "decoder", "encoder"])
@@ -37,7 +37,7 @@ def test_loss_falls_and_run_dir_is_complete(kind: str, write_recipe: Callable[..
     info = read_run_info(RunDir(run))
     assert info["status"] == "finished" and info["family"] == kind and info["step"] == 24
     assert (run / "recipe.resolved.yaml").is_file()
-    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "adapter" / "more_adapter.json").is_file()
     assert ((run / "adapter" / "heads.safetensors").is_file()) == (kind == "encoder")
     report = json.loads((run / "eval.json").read_text())
     assert set(report["tasks"]) == {"sst2"} and report["split"] == "val_test"
@@ -132,7 +132,7 @@ def test_evaluation_keeps_best_and_early_stops(write_recipe: Callable[..., Path]
     info = read_run_info(run)
     assert info["status"] == "finished" and info["step"] == 4  # patience 1: 2 evaluations
     assert [step for step, _ in list_checkpoints(run)] == [info["best_step"]] == [2]
-    best = load_file(str(run.checkpoint(2) / "adapter" / "adapter_model.safetensors"))
+    best = load_file(str(run.checkpoint(2) / "adapter" / "more_adapter.safetensors"))
     final = _adapter(run.root)
     assert all(torch.equal(best[key], final[key]) for key in final)
     evals = [r for r in map(json.loads, run.metrics.read_text().splitlines()) if "eval" in r]

@@ -1,0 +1,65 @@
+"""What training reports to the trackers: loss, learning rate, every task's evaluation
+metrics and the final test scores, read back with TensorBoard's own reader; a tracker whose
+package is missing is refused before anything trains."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from more_cli.errors import UserError
+from more_cli.recipe_io import load_recipe
+from more_cli.rundir import RunDir
+from more_cli.training import session as training_session
+from more_cli.training.loop import train
+from more_cli.training.reporting import tracker_values
+
+
+def test_an_evaluation_becomes_one_scalar_per_task_and_metric() -> None:
+    metrics = {"accuracy": 50.0, "headline": 50.0, "metric": "accuracy"}
+    record = {"split": "val_select", "average": 50.0, "eval": {"rte": metrics}}
+    assert tracker_values(record) == {
+        "val_select/average": 50.0, "val_select/rte/accuracy": 50.0,
+        "val_select/rte/headline": 50.0,
+    }  # fmt: skip
+    assert tracker_values({"loss": 0.5, "lr": 1e-3, "note": "x"}) == {"loss": 0.5, "lr": 1e-3}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs tensorboard")
+def test_tensorboard_holds_loss_evaluations_and_test_scores(
+    write_recipe: Callable[..., Path], run_dir: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = write_recipe(train={"max_steps": 4, "eval_every": 2, "trackers": ["tensorboard"]})
+    train(load_recipe(recipe))
+    accumulator = EventAccumulator(str(run_dir / "more"))  # accelerate's <project_dir>/<name>
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"loss", "lr", "val_select/average", "val_test/average"} <= tags
+    assert {f"{split}/{task}/accuracy" for split in ("val_select", "val_test")
+            for task in ("sst2", "rte")} <= tags  # fmt: skip
+    assert [e.step for e in accumulator.Scalars("val_select/average")] == [2, 4]
+    final = json.loads(RunDir(run_dir).eval.read_text())
+    [logged] = accumulator.Scalars("val_test/rte/accuracy")
+    assert logged.value == pytest.approx(final["tasks"]["rte"]["accuracy"])
+
+
+def test_a_tracker_without_its_package_is_refused_before_training(
+    write_recipe: Callable[..., Path], run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        training_session.importlib.util, "find_spec",
+        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a),
+    )  # fmt: skip
+    monkeypatch.setattr(training_session, "load_base", lambda *a, **k: pytest.fail("loaded"))
+    recipe = load_recipe(write_recipe(train={"trackers": ["tensorboard"]}))
+    with pytest.raises(UserError, match="tensorboard needs the tensorboard package") as caught:
+        train(recipe)
+    assert "pip install tensorboard" in " ".join(caught.value.details)
+    assert not (run_dir / "checkpoints").exists() and not RunDir(run_dir).metrics.exists()
