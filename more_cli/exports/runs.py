@@ -3,7 +3,6 @@ write each task's merged checkpoint and PEFT adapter, verify them."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,9 @@ from more_cli.exports.verify import verify_export
 from more_cli.exports.writers import (
     check_shard_size,
     describe_base_weights,
-    export_merged,
-    export_peft,
     refuse_existing,
+    write_merged,
+    write_peft,
 )
 from more_cli.modeling import (
     resolve_model_path,
@@ -30,7 +29,7 @@ from more_cli.run_loading import (
     adapter_source,
     load_run,
 )
-from more_cli.rundir import RunDir
+from more_cli.rundir import RunDir, atomic_directory
 
 
 @dataclass(frozen=True)
@@ -73,29 +72,28 @@ def export_run(
         for kind in ("merged", "peft"):
             refuse_existing(out_dir / kind / task, force)
     reference = load_run(run_dir, checkpoint, base_weights=base_weights)
+    reference.adapter.check_mergeable()  # before any folder is made
     say(f"base weights: {describe_base_weights(reference)}")
     base_name = resolve_model_path(reference.recipe.model.name)
     results = []
     for task in names:
-        peft_dir = export_peft(
-            reference.adapter, task, out_dir / "peft" / task, base_name,
-            family=reference.family, dtype=dtype, head=task_head(reference, task),
-            card=model_card(reference, task, "peft", base_name), force=force,
-        )  # fmt: skip
+        merged_dir, peft_dir = out_dir / "merged" / task, out_dir / "peft" / task
         merging = load_run(run_dir, checkpoint, base_weights=base_weights)
-        merged_dir = export_merged(
-            merging, task, out_dir / "merged" / task, dtype=dtype, max_shard_size=max_shard_size,
-            card=model_card(merging, task, "merged", base_name), force=force,
-        )  # fmt: skip
-        differences = None
-        if verify:
-            try:
-                differences = verify_export(reference, task, merged_dir, peft_dir, dtype=dtype)
-            except UserError:
-                # Never leave an export behind that is known not to reproduce the adapter.
-                shutil.rmtree(merged_dir)
-                shutil.rmtree(peft_dir)
-                raise
+        # Both folders are staged and verified before either replaces what was there: a
+        # failure leaves no new export and every old one (with --force) as it was.
+        with atomic_directory(peft_dir) as peft_stage, atomic_directory(merged_dir) as stage:
+            write_peft(
+                reference.adapter, task, peft_stage, base_name,
+                family=reference.family, dtype=dtype, head=task_head(reference, task),
+                card=model_card(reference, task, "peft", base_name),
+            )  # fmt: skip
+            write_merged(
+                merging, task, stage, dtype=dtype, max_shard_size=max_shard_size,
+                card=model_card(merging, task, "merged", base_name),
+            )  # fmt: skip
+            differences = (
+                verify_export(reference, task, stage, peft_stage, dtype=dtype) if verify else None
+            )
         ranks = reference.adapter.chosen_ranks()[task].values()
         results.append(
             ExportResult(task, merged_dir, peft_dir, sum(ranks) / len(ranks), differences)

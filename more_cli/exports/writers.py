@@ -1,5 +1,8 @@
-"""Writing one task's exports: the PEFT LoRA adapter and the merged Hugging Face checkpoint,
-each into a temporary sibling folder renamed into place."""
+"""Writing one task's exports: the PEFT LoRA adapter and the merged Hugging Face checkpoint.
+
+``export_peft`` / ``export_merged`` write one folder through a temporary sibling renamed into
+place; ``write_peft`` / ``write_merged`` fill a folder the caller stages (``more merge``
+verifies both staged folders before either replaces what was there)."""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def export_peft(
     force: bool = False,
 ) -> Path:
     """Write ``task``'s update as a standard PEFT LoRA adapter into ``out_dir`` (with
-    ``card`` as its ``README.md``).
+    ``card`` as its ``README.md``), through a temporary sibling folder.
 
     Module paths are those of the model the adapter was injected into (the backbone for
     encoders), so ``PeftModel.from_pretrained(<that base model>, out_dir)`` loads it.
@@ -64,10 +67,30 @@ def export_peft(
     Raises:
         UserError: ``out_dir`` exists and ``force`` is False.
     """
-    from peft import LoraConfig
-
     out_dir = Path(out_dir)
     refuse_existing(out_dir, force)
+    with atomic_directory(out_dir) as temporary:
+        write_peft(
+            adapter, task, temporary, base_model_name_or_path,
+            family=family, dtype=dtype, head=head, card=card,
+        )  # fmt: skip
+    return out_dir
+
+
+def write_peft(
+    adapter: MultiTaskAdapter,
+    task: str,
+    directory: Path,
+    base_model_name_or_path: str,
+    *,
+    family: Family,
+    dtype: torch.dtype = torch.float32,
+    head: TaskHead | None = None,
+    card: ModelCard | None = None,
+) -> None:
+    """:func:`export_peft`'s files, written into the existing empty ``directory``."""
+    from peft import LoraConfig
+
     factors = lora_factors(adapter, task)
     ranks = {name: a.shape[0] for name, (a, _) in factors.items()}
     common = max(sorted(set(ranks.values())), key=list(ranks.values()).count)
@@ -88,15 +111,13 @@ def export_peft(
     for name, (a, b) in factors.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype).contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype).contiguous()
-    with atomic_directory(out_dir) as temporary:
-        config.save_pretrained(str(temporary))
-        save_file(tensors, str(temporary / "adapter_model.safetensors"), metadata={"format": "pt"})
-        if head is not None:
-            head.save(temporary)
-        if card is not None:
-            card.save(temporary / CARD_FILE)
-        write_manifest(temporary)
-    return out_dir
+    config.save_pretrained(str(directory))
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    if head is not None:
+        head.save(directory)
+    if card is not None:
+        card.save(directory / CARD_FILE)
+    write_manifest(directory)
 
 
 def export_merged(
@@ -125,6 +146,21 @@ def export_merged(
     """
     out_dir = Path(out_dir)
     refuse_existing(out_dir, force)
+    with atomic_directory(out_dir) as temporary:
+        write_merged(run, task, temporary, dtype=dtype, max_shard_size=max_shard_size, card=card)
+    return out_dir
+
+
+def write_merged(
+    run: LoadedRun,
+    task: str,
+    directory: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str = "2GB",
+    card: ModelCard | None = None,
+) -> None:
+    """:func:`export_merged`'s files, written into the existing empty ``directory``."""
     check_shard_size(max_shard_size)
     if any(base_layers.is_4bit(module) for module in run.host.modules()):
         raise ValueError(
@@ -133,19 +169,17 @@ def export_merged(
         )
     head = task_head(run, task)
     provenance = _provenance(run, task, dtype)
-    with atomic_directory(out_dir) as temporary:
-        merged = run.adapter.merge_and_unload(task, torch.float32)
-        merged.to(dtype)
-        _refuse_non_finite(merged, task)
-        merged.save_pretrained(str(temporary), max_shard_size=max_shard_size)
-        run.tokenizer.save_pretrained(str(temporary))
-        if head is not None:
-            head.save(temporary)
-        (temporary / EXPORT_DESCRIPTION).write_text(json.dumps(provenance, indent=2) + "\n")
-        if card is not None:
-            card.save(temporary / CARD_FILE)
-        write_manifest(temporary)
-    return out_dir
+    merged = run.adapter.merge_and_unload(task, torch.float32)
+    merged.to(dtype)
+    _refuse_non_finite(merged, task)
+    merged.save_pretrained(str(directory), max_shard_size=max_shard_size)
+    run.tokenizer.save_pretrained(str(directory))
+    if head is not None:
+        head.save(directory)
+    (directory / EXPORT_DESCRIPTION).write_text(json.dumps(provenance, indent=2) + "\n")
+    if card is not None:
+        card.save(directory / CARD_FILE)
+    write_manifest(directory)
 
 
 def _refuse_non_finite(model: nn.Module, task: str) -> None:

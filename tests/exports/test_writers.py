@@ -230,3 +230,23 @@ def test_verification_fails_loudly(make_run: Callable[..., Path]) -> None:
     out = export_merged(load_run(run_dir), "rte", run_dir / "merged")
     with pytest.raises(UserError, match="does not reproduce the adapter"):
         verify_export(load_run(run_dir), "sst2", out, None)  # the other task's merge
+
+
+def test_a_failed_verification_keeps_the_exports_it_would_have_replaced(
+    make_run: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from more_cli.exports import runs
+
+    run_dir = make_run("seq2seq")
+    out = tmp_path / "out"
+    export_run(run_dir, ["rte"], out, verify=False, say=lambda _: None)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def failing_verify(*args: Any, **kwargs: Any) -> None:
+        raise UserError("task rte: the export does not reproduce the adapter")
+
+    monkeypatch.setattr(runs, "verify_export", failing_verify)
+    with pytest.raises(UserError, match="does not reproduce"):
+        export_run(run_dir, ["rte"], out, force=True, say=lambda _: None)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in (out / "merged").iterdir()) == ["rte"]  # no .tmp-* left
