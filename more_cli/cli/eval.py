@@ -36,11 +36,16 @@ def evaluate(
     evaluation: a file of its own, eval-<split>[-<checkpoint>][-<tasks>].json)."""
     from rich.console import Console
 
+    from more_cli.cli.quiet import quiet_model_loading
     from more_cli.evaluation.runs import evaluate_run
     from more_cli.evaluation.scoring import metrics_table
 
+    quiet_model_loading()
     task_names = None if tasks is None else [n.strip() for n in tasks.split(",") if n.strip()]
-    report = evaluate_run(run_dir, tasks=task_names, split=split, checkpoint=checkpoint)
+    report = evaluate_run(
+        run_dir, tasks=task_names, split=split, checkpoint=checkpoint,
+        say=lambda line: typer.echo(line, err=True),  # stdout keeps only the table
+    )  # fmt: skip
     Console().print(metrics_table(report))
     typer.echo(f"wrote {run_dir / report['file']}")
 

@@ -55,8 +55,8 @@ def inspect(
 ) -> None:
     """Show what RUN_DIR's adapter learned; optionally save the figures."""
     from rich.console import Console
-    from transformers.utils import logging as hf_logging
 
+    from more_cli.cli.quiet import quiet_model_loading
     from more_cli.inspection import SECTIONS, inspect_adapter
     from more_cli.places import writable_folder
     from more_cli.run_loading import load_run
@@ -71,7 +71,7 @@ def inspect(
     if out is not None:
         writable_folder(out, "--out")
     run = load_run(run_dir, checkpoint)
-    hf_logging.disable_progress_bar()  # keep the tables readable
+    quiet_model_loading()
     console = Console()
     tasks = ", ".join(run.adapter.tasks)
     console.print(f"{run.source} ({run.adapter.config.kind} adapter; tasks: {tasks})")

@@ -70,8 +70,8 @@ def merge(
     """Merge each task's update into the base and export it (merged checkpoint + PEFT adapter)."""
     import torch
     from rich.console import Console
-    from transformers.utils import logging as hf_logging
 
+    from more_cli.cli.quiet import quiet_model_loading
     from more_cli.errors import UserError
     from more_cli.exports.runs import export_run
     from more_cli.exports.verify import TOLERANCES
@@ -82,7 +82,7 @@ def merge(
         raise UserError("give --task NAME (one or more) or --all-tasks, not both and not neither")
     if out is not None:
         writable_folder(out, "--out")
-    hf_logging.disable_progress_bar()  # the run is loaded several times; keep the output readable
+    quiet_model_loading()
     console = Console()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype.value]
     results = export_run(

@@ -81,9 +81,8 @@ def predict(
     ] = None,
 ) -> None:
     """Predict every row of the input with RUN_DIR's adapter; one JSON line per row."""
-    from transformers.utils import logging as hf_logging
-
     from more_cli.atomic import atomic_write_bytes
+    from more_cli.cli.quiet import quiet_model_loading
     from more_cli.errors import UserError
     from more_cli.places import writable_file
     from more_cli.prediction import (
@@ -125,7 +124,7 @@ def predict(
         rows, tasks, origin, task=task, task_field=task_field, text_field=text_field
     )
     target = resolve_device(device)
-    hf_logging.disable_progress_bar()
+    quiet_model_loading()
     run = load_run(run_dir, checkpoint)
     place_run(run, target, None if dtype is Dtype.auto else dtype.value)
     size = batch_size or run.recipe.train.eval_batch_size or run.recipe.train.batch_size

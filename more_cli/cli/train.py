@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -116,7 +117,7 @@ def train(
         raise typer.Exit(stop.exit_code) from None
     if is_main_process():
         typer.echo(f"run finished: {run_dir}")
-        typer.echo(f"  evaluate again with: more eval {run_dir}")
+        typer.echo(f"  evaluate again with: more eval {shlex.quote(str(run_dir))}")
 
 
 def _launch(options: LaunchOptions, train_args: list[str], recipe: Recipe) -> int:

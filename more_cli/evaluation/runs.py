@@ -8,7 +8,7 @@ for what it scored, ``eval-<split>[-<checkpoint>][-<task>+<task>].json``, and le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ def evaluate_run(
     tasks: Sequence[str] | None = None,
     split: str | None = None,
     checkpoint: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score a run's adapter (or ``checkpoints/<checkpoint>``) and write its report.
 
@@ -38,6 +39,7 @@ def evaluate_run(
         tasks: task names to score (default: all the run's tasks).
         split: split to score (default: the test split, ``val_test`` or ``validation``).
         checkpoint: ``step-N`` to score a checkpoint instead of ``adapter/``.
+        say: where progress lines go (rows done per task, each task's score), if anywhere.
 
     Returns:
         The report: ``split``, ``source``, ``tasks`` (``{task: {metric: value}}``),
@@ -56,7 +58,7 @@ def evaluate_run(
     split = split or test_split(recipe)
     report = score_tasks(
         loaded.model, loaded.tokenizer, loaded.family, all_tasks, recipe, split, device,
-        only=tasks,
+        only=tasks, say=say,
     )  # fmt: skip
     report["source"] = loaded.source.relative_to(loaded.root).as_posix()
     path = report_file(RunDir(loaded.root), recipe, tasks, split, checkpoint)

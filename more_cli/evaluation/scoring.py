@@ -3,7 +3,9 @@ average, the split names, and the table ``more eval`` prints."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,25 +27,39 @@ def score_tasks(
     split: str,
     device: torch.device | str,
     only: Sequence[str] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``tasks`` (the run's task list, in order: position = task id) on ``split``.
 
-    ``only`` restricts scoring to those task names. Returns ``{"split", "tasks": {task:
-    {metric: value, "headline": value}}, "average"}`` (mean headline, 0-100).
+    ``only`` restricts scoring to those task names. ``say`` (if given) hears the progress:
+    rows done of each task at every quarter, then its headline metric and time. Returns
+    ``{"split", "tasks": {task: {metric: value, "headline": value}}, "average"}`` (mean
+    headline, 0-100).
     """
+    batch_size = recipe.train.eval_batch_size or recipe.train.batch_size
     results = {}
     for task_id, task in enumerate(tasks):
         if only and task.name not in only:
             continue
-        examples = task.load_split(split)
-        predictions = predict(
-            model, tokenizer, task, examples, family,
-            recipe.train.eval_batch_size or recipe.train.batch_size, device, task_id=task_id,
-            max_source_length=recipe.data.max_source_length,
-            max_target_length=recipe.data.max_target_length,
-        )  # fmt: skip
+        examples, started = task.load_split(split), time.perf_counter()
+        # Quarters cut at whole batches: the batches, hence the scores, are those of one pass.
+        quarter = batch_size * math.ceil(len(examples) / 4 / batch_size)
+        chunk = max(1, quarter if say else len(examples))
+        predictions = []
+        for begin in range(0, len(examples), chunk):
+            predictions += predict(
+                model, tokenizer, task, examples[begin : begin + chunk], family, batch_size,
+                device, task_id=task_id, max_source_length=recipe.data.max_source_length,
+                max_target_length=recipe.data.max_target_length,
+            )  # fmt: skip
+            if say:
+                say(f"  {split} {task.name}: {len(predictions):,}/{len(examples):,} rows")
         references = [example.label for example in examples]
         results[task.name] = compute_metrics(task, [p.label for p in predictions], references)
+        if say:
+            seconds = time.perf_counter() - started
+            headline = results[task.name]["headline"]
+            say(f"  {split} {task.name}: {task.headline_metric} {headline:.2f} ({seconds:.0f} s)")
     return {"split": split, "tasks": results, "average": glue_average(results)}
 
 

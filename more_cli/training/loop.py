@@ -47,11 +47,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from more_cli.adapters import load_adapter_weights
 from more_cli.adapters.state import adapter_tensors, verify_adapter_folder
 from more_cli.errors import UserError
-from more_cli.evaluation.scoring import score_tasks, selection_split, test_split
+from more_cli.evaluation.scoring import metrics_table, score_tasks, selection_split, test_split
 from more_cli.modeling import (
     head_tensors,
     load_heads,
@@ -147,6 +148,7 @@ def _fit(session: Session, signals: SignalCatcher) -> None:
             state.step += 1
             if state.step % cfg.log_every == 0 or state.step == session.total_steps:
                 log_metrics(session, window.flush(session))
+                _record_phase(session, "train")
             show_progress(state.step, window.last_loss)
             improved = _evaluate_if_due(session)
             received = signal_on_any_process(session, signals)
@@ -218,13 +220,21 @@ def _evaluate_if_due(session: Session) -> bool:
     return False
 
 
+def _record_phase(session: Session, phase: str) -> None:
+    """``run.json`` says what a live run is doing (``phase``) and at which step."""
+    if session.accelerator.is_main_process:
+        write_run_info(session.run, status="running", phase=phase, step=session.state.step)
+
+
 def _evaluate_in_training(
     session: Session, split: str, only: Sequence[str] | None = None
 ) -> dict[str, Any]:
+    _record_phase(session, f"evaluate {split}")
+    session.say(f"step {session.state.step}: evaluating on {split}")
     model = session.accelerator.unwrap_model(session.model)
     report = score_tasks(
         model, session.tokenizer, session.family, session.tasks, session.recipe, split,
-        session.accelerator.device, only=only,
+        session.accelerator.device, only=only, say=session.say,
     )  # fmt: skip
     report["source"] = f"step-{session.state.step}"
     return report
@@ -249,9 +259,10 @@ def _finish(session: Session) -> None:
             write_adapter(session, directory, adapter, heads)
         atomic_write_json(run.eval, report)
         write_run_info(
-            run, status="finished", step=state.step, best_step=state.best_step,
+            run, status="finished", phase="finished", step=state.step, best_step=state.best_step,
             best_metric=state.best_metric, test_average=report["average"],
         )  # fmt: skip
+        Console().print(metrics_table(report))
         session.say(f"{report['split']} average {report['average']:.4f}; adapter in {run.adapter}")
     acc.wait_for_everyone()
     acc.end_training()

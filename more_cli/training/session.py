@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,15 +146,15 @@ class Session:
 def check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> tuple[Path | None, list[str]]:
     """Refuse to overwrite a run; for ``resume`` return the checkpoint to start from (the
     newest that passes its manifest) and a line for each newer one passed over as damaged."""
-    info = read_run_info(run)
+    info, shown = read_run_info(run), shlex.quote(str(run.root))  # hints a shell can run
     if not resume:
         if info is not None:
             # Every hint must be a command that works: a finished run cannot be resumed.
             finished = info.get("status") == "finished"
             next_step = (
-                f"score it with: more eval {run.root}"
+                f"score it with: more eval {shown}"
                 if finished
-                else f"continue it with: more train {run.root} --resume"
+                else f"continue it with: more train {shown} --resume"
             )
             raise UserError(
                 f"{run.root} already holds a run (status: {info.get('status')})",
@@ -173,7 +174,10 @@ def check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> tuple[Path | Non
     if info.get("status") == "finished":
         raise UserError(
             f"the run in {run.root} has already finished",
-            details=[f"score it with: more eval {run.root}", "or train anew with --output-dir"],
+            details=[
+                f"score it with: more eval {shown}",
+                "or train anew with --output-dir",
+            ],
         )
     _check_same_experiment(run, recipe)
     checkpoint, passed_over = newest_good_checkpoint(run)
@@ -194,10 +198,11 @@ def _check_same_experiment(run: RunDir, recipe: Recipe) -> None:
         if stored.get(key) != current.get(key) and key not in RESUMABLE_CHANGES
     )
     if changed:
+        shown = shlex.quote(str(run.root))
         raise UserError(
             f"the recipe differs from the one {run.root} was started with: {', '.join(changed)}",
             details=[
-                f"resume with the run's own recipe: more train {run.root} --resume",
+                f"resume with the run's own recipe: more train {shown} --resume",
                 f"keys that may change on resume: {', '.join(sorted(RESUMABLE_CHANGES))}",
             ],
         )

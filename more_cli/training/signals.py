@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def interrupt(session: Session, signal_number: int) -> None:
         write_run_info(run, status="interrupted", step=session.state.step)
     session.say(
         f"interrupted at step {session.state.step}; checkpoint saved.\n"
-        f"  resume with: more train {run.root} --resume"
+        f"  resume with: more train {shlex.quote(str(run.root))} --resume"
     )
     session.accelerator.end_training()
     raise TrainingInterrupted(signal_number, run.root)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from transformers.utils import logging as hf_logging
 from typer.testing import CliRunner
 
 from more_cli.cli.app import app
@@ -54,8 +55,10 @@ def test_train_resume_eval(write_recipe: Callable[..., Path], run_dir: Path) -> 
 
     code, _, err = _more("eval", other, "--tasks", ",")
     assert code == 2 and "--tasks names no task" in err
+    hf_logging.enable_progress_bar()  # as in a fresh process: eval must turn it off itself
     code, out, err = _more("eval", other)  # a full evaluation writes eval.json again
     assert code == 0 and "eval.json" in out, err
+    assert "Loading weights" not in err
 
 
 def test_resume_continues_an_unfinished_run(

@@ -63,3 +63,29 @@ def test_a_tracker_without_its_package_is_refused_before_training(
         train(recipe)
     assert "pip install tensorboard" in " ".join(caught.value.details)
     assert not (run_dir / "checkpoints").exists() and not RunDir(run_dir).metrics.exists()
+
+
+def test_a_live_run_says_its_phase_and_step_and_every_evaluation_reports_progress(
+    write_recipe: Callable[..., Path],
+    run_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from more_cli.training import loop
+
+    seen = []
+    real = loop.write_run_info
+
+    def spy(run: RunDir, **fields: object) -> dict:
+        seen.append((fields.get("phase"), fields.get("step")))
+        return real(run, **fields)
+
+    monkeypatch.setattr(loop, "write_run_info", spy)
+    train(load_recipe(write_recipe(train={"max_steps": 4, "eval_every": 2, "log_every": 2})))
+    assert seen[:3] == [("train", 2), ("evaluate val_select", 2), ("train", 4)]
+    assert seen[-1] == ("finished", 4)
+    out = capsys.readouterr().out
+    assert "step 4: evaluating on val_test" in out
+    for task in ("sst2", "rte"):
+        assert f"val_test {task}: 8/8 rows" in out and f"val_test {task}: accuracy" in out
+    assert "adapter on val_test" in out  # the table `more eval` prints
