@@ -68,8 +68,9 @@ class TaskConfig(_Section):
     source: str | None = Field(
         None,
         description="Where the data comes from: null = the task's hub dataset; a directory "
-        "holding <split>.jsonl/.json/.csv/.parquet (e.g. ../shared/data/glue/rte). A relative "
-        "path is taken from the current working directory, not the recipe's folder.",
+        "holding <split>.jsonl/.json/.csv/.parquet (e.g. data/glue/rte, as `more data "
+        "prepare` writes). A relative path is taken from the current working directory, not "
+        "the recipe's folder.",
     )
     data_files: dict[str, str] | None = Field(
         None,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from more_cli.recipe_io import dump_resolved, load_recipe
+from more_cli.tasks.prepare import expand
 from more_cli.tasks.registry import DEMO_TASKS, TASK_NAMES
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -42,8 +43,9 @@ def test_demo_recipe_is_the_offline_demo() -> None:
     assert recipe.data.max_source_length <= 64
 
 
-def test_glue_local_reads_the_shared_folder() -> None:
+def test_glue_local_reads_the_folders_more_data_prepare_writes() -> None:
     recipe = load_recipe(RECIPES[0].parent / "glue_local.yaml")
     assert [task.source for task in recipe.tasks] == [
-        f"../shared/data/glue/{name}" for name in recipe.task_names
+        f"data/glue/{name}" for name in recipe.task_names
     ]
+    assert set(recipe.task_names) == set(expand(["glue"]))

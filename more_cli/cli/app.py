@@ -20,7 +20,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 from more_cli.errors import UserError
 
 # Subcommand modules under more_cli.cli, in the order `more --help` lists them.
-SUBCOMMANDS = ("train", "eval", "predict", "merge", "inspect", "tasks", "demo")
+SUBCOMMANDS = ("train", "eval", "predict", "merge", "inspect", "tasks", "data", "demo")
 
 
 class _UserErrorsAsMessages(TyperGroup):

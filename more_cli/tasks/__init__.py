@@ -3,7 +3,7 @@
 ```python
 from more_cli.tasks import get_task, compute_metrics
 
-task = get_task(TaskConfig(name="rte", source="../shared/data/glue/rte"))
+task = get_task(TaskConfig(name="rte", source="data/glue/rte"))
 examples = task.load_split("train")        # [Example(text="rte sentence1: …", target=…, label=…)]
 task.candidates()                           # ["entailment", "not_entailment"]
 compute_metrics(task, predicted_labels, [e.label for e in examples])

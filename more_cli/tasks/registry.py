@@ -1,7 +1,7 @@
 """The task registry: built-in tasks and user-defined ones, from a :class:`TaskConfig`.
 
 Built-in tasks read their hub dataset (``source: null``), a local folder with the hub's
-columns (``source: ../shared/data/glue/rte``), or, for the demo suite, generated rows.
+columns (``source: data/glue/rte``), or, for the demo suite, generated rows.
 A task with ``template`` (and ``data_files`` or a ``source`` folder) is user-defined.
 """
 
@@ -194,13 +194,27 @@ def _placeholder_row(columns: Sequence[str]) -> dict[str, Any]:
     return row
 
 
-def task_info(name: str) -> TaskInfo:
-    """The description of one built-in task (a did-you-mean error for an unknown one)."""
+def _builtin(name: str) -> _Builtin:
     spec = _BUILTINS.get(name)
     if spec is None:
         close = difflib.get_close_matches(name, TASK_NAMES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"unknown task {name!r}; {hint}list them with: more tasks")
+    return spec
+
+
+def hub_source(name: str) -> HubSource:
+    """Where a built-in task's rows live on the hub (an error for generated tasks)."""
+    spec = _builtin(name)
+    if spec.hub is None:
+        raise UserError(f"task {name} is generated on the fly ({ORIGIN}); it has no hub data")
+    path, config = spec.hub
+    return HubSource(path, config, spec.hub_splits)
+
+
+def task_info(name: str) -> TaskInfo:
+    """The description of one built-in task (a did-you-mean error for an unknown one)."""
+    spec = _builtin(name)
     if spec.hub is None:
         hub = "generated"
     else:
@@ -256,8 +270,7 @@ def _builtin_source(cfg: TaskConfig, spec: _Builtin) -> DataSource:
         return DirectorySource(_existing_directory(cfg), aliases)
     if spec.hub is None:
         return GeneratedSource(f"{cfg.name} ({ORIGIN})", partial(demo_rows, cfg.name))
-    path, config = spec.hub
-    return HubSource(path, config, spec.hub_splits)
+    return hub_source(cfg.name)
 
 
 def _user_task(cfg: TaskConfig, seed: int) -> Task:
