@@ -70,8 +70,8 @@ def inspect(
     ]
     if out is not None:
         writable_folder(out, "--out")
-    run = load_run(run_dir, checkpoint)
     quiet_model_loading()
+    run = load_run(run_dir, checkpoint)
     console = Console()
     tasks = ", ".join(run.adapter.tasks)
     console.print(f"{run.source} ({run.adapter.config.kind} adapter; tasks: {tasks})")

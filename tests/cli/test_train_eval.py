@@ -59,6 +59,9 @@ def test_train_resume_eval(write_recipe: Callable[..., Path], run_dir: Path) -> 
     code, out, err = _more("eval", other)  # a full evaluation writes eval.json again
     assert code == 0 and "eval.json" in out, err
     assert "Loading weights" not in err
+    hf_logging.enable_progress_bar()
+    code, out, err = _more("inspect", other, "--params")
+    assert code == 0 and "Loading weights" not in out + err, err
 
 
 def test_resume_continues_an_unfinished_run(
