@@ -172,10 +172,11 @@ class Router(nn.Module):
             probs = logits.softmax(-1)
             hard = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
             choice = probs - probs.detach() + hard  # straight-through estimator
+        # Applied whether or not any rank is forced: a branch on the buffer's values would
+        # break a torch.compile graph, and where() with nothing forced returns choice as is.
         forced = self.fixed_ranks > 0
-        if bool(forced.any()):
-            fixed = _one_hot_rank(self.fixed_ranks.clamp(min=1), self.config.r, logits.dtype)
-            choice = torch.where(forced[None, :, None], fixed.expand_as(choice), choice)
+        fixed = _one_hot_rank(self.fixed_ranks.clamp(min=1), self.config.r, logits.dtype)
+        choice = torch.where(forced[None, :, None], fixed.expand_as(choice), choice)
         # Component j is on when the chosen expert k >= j + 1: reverse cumulative sum.
         return choice.flip(-1).cumsum(-1).flip(-1)
 
