@@ -18,6 +18,11 @@ Sections (all ratios are paired, measured side by side in one run, methods inter
   ``torch.cuda.max_memory_allocated``), with the trainable parameter counts.
 - ``scaling``: T5 training step time as the number of tasks grows.
 
+The peer is measured in the same runs (:mod:`benchmarks.peers`): PEFT's LoRA on the same
+layers, r, alpha and dropout, in ``train`` and ``memory`` (one adapter) and in ``infer`` (one
+adapter, ``peft_lora``, and one adapter per task mixed through ``adapter_names``,
+``peft_mixed``); every table also gives the ratios to ``peft_lora``.
+
     python -m benchmarks.speed --quick --threads 1    # 32-token inputs
     python -m benchmarks.speed --threads 1            # 128-token inputs
     python -m benchmarks.speed --device cuda --only train infer
@@ -48,6 +53,7 @@ from benchmarks.common import (
     summarize,
     write_json,
 )
+from benchmarks.peers import PEERS_TRAIN, peft_forward, peft_model, peft_train_step
 from more_cli.adapters import AdapterConfig, MultiTaskAdapter, inject_adapter
 
 FAMILIES = ("t5", "llama")
@@ -173,9 +179,13 @@ def bench_train(settings: Settings, device: torch.device, variants: list[str], c
         for variant in variants:
             model, adapter = build(family, variant, settings, settings.tasks, device)
             calls[variant] = train_step(model, adapter, batch, task_ids)
+        peer = peft_model(build_base(family, settings).to(device), family, settings.r)
+        calls["peft_lora"] = peft_train_step(peer, batch)
         seconds = measure(calls, settings.rounds, settings.warmup, device, clock)
         results[family] = summarize(seconds, "lora")
+        results[f"{family}_vs_peft"] = summarize(seconds, "peft_lora")
         print(f"\n### training step, {family}\n\n{format_table(results[family], 'lora')}")
+        print(f"\n{format_table(results[f'{family}_vs_peft'], 'peft_lora')}")
         del calls
         gc.collect()
     return results
@@ -194,10 +204,17 @@ def bench_infer(settings: Settings, device: torch.device, variants: list[str], c
         if "more" in variants:
             model, adapter = build(family, "more", settings, settings.tasks, device)
             calls["more_merged"] = forward_only(adapter.merge_and_unload("task0"), batch, None)
+        one = peft_model(build_base(family, settings).to(device), family, settings.r)
+        calls["peft_lora"] = peft_forward(one, batch, None)
+        mixed = peft_model(
+            build_base(family, settings).to(device), family, settings.r, settings.tasks
+        )
+        calls["peft_mixed"] = peft_forward(mixed, batch, task_ids)
         seconds = measure(calls, settings.rounds, settings.warmup, device, clock)
         results[family] = {
             "vs_lora": summarize(seconds, "lora"),
             "vs_base": summarize(seconds, "base"),
+            "vs_peft": summarize(seconds, "peft_lora"),
         }
         print(f"\n### inference, {family}\n\n{format_table(results[family]['vs_lora'], 'lora')}")
         if "more" in variants:
@@ -222,9 +239,13 @@ def probe_memory(family: str, variant: str, settings: Settings, device: torch.de
     figure is peak RSS: the kernel's high-water mark is reset after the model, adapter and
     batch are in memory, so it counts activations, gradients and optimizer state.
     """
-    model, adapter = build(family, variant, settings, settings.tasks, device)
     batch, task_ids = make_batch(family, settings, settings.tasks, device)
-    step = train_step(model, adapter, batch, task_ids)
+    if variant == "peft_lora":
+        model = peft_model(build_base(family, settings).to(device), family, settings.r)
+        adapter, step = None, peft_train_step(model, batch)
+    else:
+        model, adapter = build(family, variant, settings, settings.tasks, device)
+        step = train_step(model, adapter, batch, task_ids)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -238,7 +259,11 @@ def probe_memory(family: str, variant: str, settings: Settings, device: torch.de
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = _resident_kib("VmHWM") * 1024
-    counts = adapter.parameter_counts()
+    if adapter is None:  # the peer: one LoRA, nothing task-specific
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        counts = {"total": trainable, "per_task_specific": 0, "per_task_average": trainable}
+    else:
+        counts = adapter.parameter_counts()
     return {
         "peak_mib": (peak - before) / 2**20,
         "trainable": counts["total"],
@@ -251,7 +276,7 @@ def bench_memory(mode: str, device: torch.device, variants: list[str], threads: 
     results: dict[str, dict] = {}
     for family in FAMILIES:
         results[family] = {}
-        for variant in variants:
+        for variant in [*variants, *PEERS_TRAIN]:
             request = {"family": family, "variant": variant, "mode": mode, "device": str(device)}
             command = [
                 sys.executable,
@@ -367,7 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if "train" in args.only:
         results["train"] = bench_train(settings, device, variants, args.clock)
-        plot_train(results["train"], args.out_dir / f"speed_train{suffix}.png")
+        plot_train(
+            {f: results["train"][f] for f in FAMILIES}, args.out_dir / f"speed_train{suffix}.png"
+        )
     if "infer" in args.only:
         results["infer"] = bench_infer(settings, device, variants, args.clock)
     if "memory" in args.only:
