@@ -26,6 +26,7 @@ adapter, ``peft_lora``, and one adapter per task mixed through ``adapter_names``
     python -m benchmarks.speed --quick --threads 1    # 32-token inputs
     python -m benchmarks.speed --threads 1            # 128-token inputs
     python -m benchmarks.speed --device cuda --only train infer
+    bash benchmarks/gpu_speed.sh                        # the GPU run in one go, bf16
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -78,6 +79,7 @@ class Settings:
     memory_steps: int
     scaling_tasks: tuple[int, ...]
     scaling_rounds: int
+    dtype: str = "float32"  # of the base model; adapters keep float32 factors (PEFT too)
 
 
 PRESETS = {
@@ -99,13 +101,13 @@ def build_base(family: str, settings: Settings) -> torch.nn.Module:
             vocab_size=settings.vocab, d_model=768 // d, d_kv=64 // d, d_ff=3072 // d,
             num_heads=12, num_layers=settings.t5_layers, decoder_start_token_id=0,
         )  # fmt: skip
-        return T5ForConditionalGeneration(config)
+        return T5ForConditionalGeneration(config).to(getattr(torch, settings.dtype))
     config = LlamaConfig(
         vocab_size=settings.vocab, hidden_size=2048 // d, intermediate_size=5632 // d,
         num_hidden_layers=settings.llama_layers, num_attention_heads=32 // min(d, 8),
         num_key_value_heads=4,
     )  # fmt: skip
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(config).to(getattr(torch, settings.dtype))
 
 
 def build(
@@ -272,12 +274,15 @@ def probe_memory(family: str, variant: str, settings: Settings, device: torch.de
     }
 
 
-def bench_memory(mode: str, device: torch.device, variants: list[str], threads: int | None) -> dict:
+def bench_memory(
+    mode: str, settings: Settings, device: torch.device, variants: list[str], threads: int | None
+) -> dict:
     results: dict[str, dict] = {}
     for family in FAMILIES:
         results[family] = {}
         for variant in [*variants, *PEERS_TRAIN]:
-            request = {"family": family, "variant": variant, "mode": mode, "device": str(device)}
+            request = {"family": family, "variant": variant, "mode": mode,
+                       "device": str(device), "dtype": settings.dtype}  # fmt: skip
             command = [
                 sys.executable,
                 "-m",
@@ -369,19 +374,23 @@ def main(argv: list[str] | None = None) -> None:
         help="adapter set-ups to compare; lora, the reference, is always kept",
     )  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="JSON and PNG folder")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="base model dtype"
+    )
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one subprocess
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
         request = json.loads(args.memory_probe)
-        settings, device = PRESETS[request["mode"]], torch.device(request["device"])
+        settings = replace(PRESETS[request["mode"]], dtype=request["dtype"])
+        device = torch.device(request["device"])
         print(json.dumps(probe_memory(request["family"], request["variant"], settings, device)))
         return
     if "memory" in args.only and args.device == "cpu" and not CLEAR_REFS.exists():
         parser.error("CPU peak memory needs Linux's /proc; leave it out with --only ...")
     mode = "quick" if args.quick else "smoke" if args.smoke else "full"
-    settings, device = PRESETS[mode], torch.device(args.device)
+    settings, device = replace(PRESETS[mode], dtype=args.dtype), torch.device(args.device)
     variants = ["lora", *(v for v in args.variants if v != "lora")]
     results: dict[str, object] = {
         "mode": mode,
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     if "infer" in args.only:
         results["infer"] = bench_infer(settings, device, variants, args.clock)
     if "memory" in args.only:
-        results["memory"] = bench_memory(mode, device, variants, args.threads)
+        results["memory"] = bench_memory(mode, settings, device, variants, args.threads)
     if "scaling" in args.only:
         results["scaling"] = bench_scaling(settings, device, variants, args.clock)
         plot_scaling(results["scaling"], args.out_dir / f"speed_scaling{suffix}.png")
