@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +48,13 @@ def test_integrity_smoke(tmp_path: Path) -> None:
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"adapter", "checkpoint"}
     assert results["checkpoint"]["megabytes"] == 3 * results["adapter"]["megabytes"]
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_the_gpu_script_refuses_a_machine_without_cuda() -> None:
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_speed.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and "error: no CUDA device" in done.stderr
