@@ -80,6 +80,20 @@ def time_interleaved(
     return seconds
 
 
+def inference_call(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], routing: dict[str, object]
+) -> Callable[[], None]:
+    """A forward pass without gradients in eval mode; ``routing`` are the extra keyword
+    arguments that pick each sample's task (``task_ids``, PEFT's ``adapter_names``)."""
+    model.eval()
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(**batch, **routing)
+
+    return forward
+
+
 def measure(
     calls: dict[str, Callable[[], object]],
     rounds: int,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.common import inference_call
 from more_cli.adapters import AdapterConfig
 from more_cli.adapters.config import TARGET_PRESETS
 
@@ -52,11 +53,5 @@ def peft_forward(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], task_ids: torch.Tensor | None
 ) -> Callable[[], None]:
     """Inference with the active adapter, or (``task_ids``) each sample's own adapter."""
-    model.eval()
-    routing = {} if task_ids is None else {"adapter_names": [f"task{t}" for t in task_ids.tolist()]}
-
-    def forward() -> None:
-        with torch.inference_mode():
-            model(**batch, **routing)
-
-    return forward
+    names = None if task_ids is None else [f"task{t}" for t in task_ids.tolist()]
+    return inference_call(model, batch, {} if names is None else {"adapter_names": names})

@@ -50,6 +50,7 @@ from benchmarks.common import (
     add_timing_arguments,
     environment,
     format_table,
+    inference_call,
     measure,
     summarize,
     write_json,
@@ -163,14 +164,7 @@ def train_step(
 def forward_only(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], task_ids: torch.Tensor | None
 ) -> Callable[[], None]:
-    model.eval()
-    routing = {} if task_ids is None else {"task_ids": task_ids}
-
-    def forward() -> None:
-        with torch.inference_mode():
-            model(**batch, **routing)
-
-    return forward
+    return inference_call(model, batch, {} if task_ids is None else {"task_ids": task_ids})
 
 
 def bench_train(settings: Settings, device: torch.device, variants: list[str], clock: str) -> dict:

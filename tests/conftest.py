@@ -130,6 +130,31 @@ def write_recipe(
     return write
 
 
+@pytest.fixture(scope="session")
+def encoder_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Callable[[str], Path],
+    glue_data: Path,
+) -> Path:
+    """A finished encoder run (adapter + task heads, checkpoints step-1 and step-2), trained
+    once a session: tests copy it before changing anything."""
+    from more_cli.recipe import Recipe
+    from more_cli.training.loop import train
+
+    root = tmp_path_factory.mktemp("encoder-run")
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": str(tiny_model_dir("encoder"))},
+            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "tasks": [{"name": "sst2", "source": str(glue_data / "sst2")}],
+            "data": {"max_source_length": 32},
+            "train": {"warmup_steps": 0, "batch_size": 4, "max_steps": 2, "save_every": 1},
+            "output_dir": str(root / "run"),
+        }
+    )
+    return train(recipe)
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     """Where ``write_recipe`` recipes put their run."""

@@ -30,9 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from more_cli.cli.app import main
 from more_cli.integrity import MANIFEST, write_manifest
-from more_cli.recipe import Recipe
 from more_cli.rundir import RunDir, write_run_info
-from more_cli.training.loop import train
 from tests.helpers.legacy import as_older_format
 
 ADAPTER_FILES = ("more_adapter.safetensors", "more_adapter.json", "heads.safetensors")
@@ -395,32 +393,12 @@ def test_the_suite_is_large_enough() -> None:
 # The sandbox and the check
 
 
-@pytest.fixture(scope="module")
-def finished_run(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_model_dir: Callable[[str], Path],
-    glue_data: Path,
-) -> Path:
-    root = tmp_path_factory.mktemp("hostile-run")
-    recipe = Recipe.model_validate(
-        {
-            "model": {"name": str(tiny_model_dir("encoder"))},
-            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-            "tasks": [{"name": "sst2", "source": str(glue_data / "sst2")}],
-            "data": {"max_source_length": 32},
-            "train": {"warmup_steps": 0, "batch_size": 4, "max_steps": 2, "save_every": 1},
-            "output_dir": str(root / "run"),
-        }
-    )
-    return train(recipe)
-
-
 @pytest.fixture
 def world(
-    tmp_path: Path, finished_run: Path, tiny_model_dir: Callable[[str], Path], glue_data: Path
+    tmp_path: Path, encoder_run: Path, tiny_model_dir: Callable[[str], Path], glue_data: Path
 ) -> World:
     world = World(tmp_path / "world")
-    shutil.copytree(finished_run, world.run)
+    shutil.copytree(encoder_run, world.run)
     shutil.copytree(glue_data / "sst2", world.data)
     world.rows.write_text('{"sentence": "the film was good ."}\n')
     world.a_file.write_text("keep me\n")
