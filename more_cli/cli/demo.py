@@ -16,7 +16,7 @@ import typer
 EPILOG = """\
 Examples:
 
-  more demo                          # ~3 minutes on 2 CPU cores, nothing downloaded
+  more demo                          # about a minute on 2 CPU cores, no download
 
   more demo --output-dir runs/my-demo --set adapter.kind=lora
 """
