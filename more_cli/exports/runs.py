@@ -78,6 +78,7 @@ def export_run(
     results = []
     for task in names:
         merged_dir, peft_dir = out_dir / "merged" / task, out_dir / "peft" / task
+        say(f"{task}: writing {peft_dir} and {merged_dir}" + (", then verifying" if verify else ""))
         merging = load_run(run_dir, checkpoint, base_weights=base_weights)
         # Both folders are staged and verified before either replaces what was there: a
         # failure leaves no new export and every old one (with --force) as it was.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import shlex
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,12 +79,19 @@ class TrainBatches:
     def __init__(
         self, recipe: Recipe, tasks: list[Task], tokenizer: Any, family: str,
         accelerator: Accelerator, first_task_id: int = 0,
+        say: Callable[[str], None] = lambda line: None,
     ) -> None:  # fmt: skip
         self.first_task_id = first_task_id
         cache = data_lib.FeatureCache(
             tokenizer, family, recipe.data.max_source_length, recipe.data.max_target_length
         )
-        dataset = data_lib.MultiTaskDataset([cache.features(task, "train") for task in tasks])
+        features = []
+        for task in tasks:
+            started = time.perf_counter()
+            features.append(cache.features(task, "train"))
+            seconds = time.perf_counter() - started
+            say(f"tokenized {task.name}: {len(features[-1]):,} training rows ({seconds:.1f} s)")
+        dataset = data_lib.MultiTaskDataset(features)
         self.task_sizes = dataset.sizes
         self.sampler = data_lib.MultiTaskBatchSampler(
             dataset.sizes, recipe.train.batch_size, recipe.data.sampling,
@@ -304,7 +312,14 @@ def setup(recipe: Recipe, run: RunDir) -> Session:
         adapter = start_transfer(model, recipe)
     else:
         adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
-    batches = TrainBatches(recipe, tasks[len(old) :], tokenizer, family, accelerator, len(old))
+
+    def say(line: str) -> None:
+        if accelerator.is_main_process:
+            print(line, flush=True)
+
+    batches = TrainBatches(
+        recipe, tasks[len(old) :], tokenizer, family, accelerator, len(old), say=say
+    )
     total_steps = _total_steps(recipe, max(batches.task_sizes), accelerator.num_processes)
     optimizer = _make_optimizer(model, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

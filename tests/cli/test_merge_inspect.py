@@ -32,6 +32,7 @@ def test_merge_then_inspect_a_trained_run(trained: Path) -> None:
     code, out, err = _more("merge", trained, "--task", "rte")
     assert code == 0, err
     assert "verification ok" in out
+    assert "rte: writing" in out and "verifying" in out  # progress before the long part
     for kind, name in (("merged", "model.safetensors"), ("peft", "adapter_model.safetensors")):
         assert (trained / "exports" / kind / "rte" / name).is_file()
     assert not (trained / "exports" / "merged" / "sst2").exists()

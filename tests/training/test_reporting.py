@@ -85,6 +85,7 @@ def test_a_live_run_says_its_phase_and_step_and_every_evaluation_reports_progres
     assert seen[:3] == [("train", 2), ("evaluate val_select", 2), ("train", 4)]
     assert seen[-1] == ("finished", 4)
     out = capsys.readouterr().out
+    assert "tokenized sst2: 32 training rows" in out and "tokenized rte: 32 training rows" in out
     assert "step 4: evaluating on val_test" in out
     for task in ("sst2", "rte"):
         assert f"val_test {task}: 8/8 rows" in out and f"val_test {task}: accuracy" in out
