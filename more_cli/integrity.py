@@ -18,8 +18,6 @@ from more_cli.errors import UserError
 
 MANIFEST = "SHA256SUMS"
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-
-
 _CHUNK = 1 << 20
 
 

@@ -35,7 +35,6 @@ from more_cli.modeling import (
     Family,
     HeadSpec,
     LoadedBase,
-    TaskHeadModel,
     adapter_host,
     load_base,
     load_heads,
@@ -113,7 +112,8 @@ def load_run(
     source = adapter_source(run_dir, checkpoint)
     run = RunDir(Path(run_dir))
     recipe = load_recipe(run.recipe, resolved=True)
-    label_names = _label_names(recipe)
+    # Label words matter only where there are task heads (encoders): built for those alone.
+    label_names = _label_names(recipe) if (source / HEADS_FILE).is_file() else {}
     heads = _head_specs(source, recipe, label_names)
     model, tokenizer, family = load_base_as(recipe, base_weights, heads)
     adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
@@ -129,7 +129,7 @@ def load_run(
         adapter=adapter,
         source=source,
         base_weights=base_weights,
-        label_names=label_names if isinstance(model, TaskHeadModel) else {},
+        label_names=label_names,
     )
 
 

@@ -209,7 +209,7 @@ def _evaluate_if_due(session: Session) -> bool:
     report = _evaluate_in_training(
         session, selection_split(session.recipe), only=session.trained_tasks
     )
-    summary = {"split": report["split"], "eval": report["tasks"], "average": report["average"]}
+    summary = _metrics_record(report)
     log_metrics(session, summary)
     session.say(f"step {state.step}: {report['split']} average {report['average']:.4f}")
     if state.best_metric is None or report["average"] > state.best_metric:
@@ -218,6 +218,11 @@ def _evaluate_if_due(session: Session) -> bool:
         return True
     state.evals_without_improvement += 1
     return False
+
+
+def _metrics_record(report: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation report as ``metrics.jsonl`` and the trackers take it."""
+    return {"split": report["split"], "eval": report["tasks"], "average": report["average"]}
 
 
 def _record_phase(session: Session, phase: str) -> None:
@@ -252,8 +257,7 @@ def _finish(session: Session) -> None:
     adapter, heads = adapter_tensors(session.adapter), head_tensors(unwrapped_model(session))
     report = _evaluate_in_training(session, test_split(session.recipe))
     report["source"] = "adapter"
-    acc.log(tracker_values({"split": report["split"], "eval": report["tasks"],
-                            "average": report["average"]}), step=state.step)  # fmt: skip
+    acc.log(tracker_values(_metrics_record(report)), step=state.step)
     if acc.is_main_process:
         with atomic_directory(run.adapter) as directory:
             write_adapter(session, directory, adapter, heads)

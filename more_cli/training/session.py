@@ -9,6 +9,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,12 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
+
+
+def say_on_main(accelerator: Accelerator, message: str) -> None:
+    """Print ``message`` once, on the main process."""
+    if accelerator.is_main_process:
+        print(message, flush=True)
 
 
 class TrainBatches:
@@ -142,8 +149,7 @@ class Session:
     state: TrainerState = field(default_factory=TrainerState)
 
     def say(self, message: str) -> None:
-        if self.accelerator.is_main_process:
-            print(message, flush=True)
+        say_on_main(self.accelerator, message)
 
     @property
     def trained_tasks(self) -> list[str]:
@@ -313,13 +319,10 @@ def setup(recipe: Recipe, run: RunDir) -> Session:
     else:
         adapter = inject_adapter(adapter_host(model), recipe.adapter, recipe.task_names)
 
-    def say(line: str) -> None:
-        if accelerator.is_main_process:
-            print(line, flush=True)
-
     batches = TrainBatches(
-        recipe, tasks[len(old) :], tokenizer, family, accelerator, len(old), say=say
-    )
+        recipe, tasks[len(old) :], tokenizer, family, accelerator, len(old),
+        say=partial(say_on_main, accelerator),
+    )  # fmt: skip
     total_steps = _total_steps(recipe, max(batches.task_sizes), accelerator.num_processes)
     optimizer = _make_optimizer(model, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
