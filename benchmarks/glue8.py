@@ -25,6 +25,7 @@ rewritten after every run, so a stopped study keeps what it finished.
     python -m benchmarks.glue8 --stage select              # 5 methods x 3 rates
     python -m benchmarks.glue8 --stage test                # 5 methods x 2 more seeds
     python -m benchmarks.glue8 --stage select --configs lora more --lrs 1e-3
+    python -m benchmarks.glue8 --stage select --runs lora@3e-4 more@3e-3   # in this order
     python -m benchmarks.glue8 --report                    # tables from the JSON
     python -m benchmarks.glue8 --calibration RUN_DIR ...   # record calibration runs
 
@@ -65,6 +66,7 @@ from benchmarks.quality import (
     cell,
     check_glue_dir,
     encoder_recipe,
+    kept_runs,
     mean_std,
     run_jobs,
 )
@@ -252,6 +254,22 @@ def calibration_markdown(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def selection_grid(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """Every named config at every named rate, rate by rate."""
+    return [(config, lr) for lr in args.lrs for config in args.configs]
+
+
+def config_at_rate(text: str) -> tuple[str, float]:
+    """``more@3e-3`` -> ``("more", 0.003)``, for ``--runs``."""
+    config, _, rate = text.partition("@")
+    if config not in CONFIGS:
+        raise argparse.ArgumentTypeError(f"unknown config {config!r}: one of {', '.join(CONFIGS)}")
+    try:
+        return config, float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write CONFIG@LR, e.g. more@3e-3") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=["select", "test"])
@@ -259,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=Path, nargs="+", help="record calibration runs")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=METHOD_CONFIGS)
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID))
+    parser.add_argument(
+        "--runs", type=config_at_rate, nargs="+", metavar="CONFIG@LR",
+        help="selection runs to train, in this order (instead of --configs x --lrs)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=SETTINGS.steps)
     parser.add_argument("--glue-dir", type=Path, default=DEFAULT_GLUE_DIR)
     parser.add_argument("--workers", type=int, default=2)
@@ -286,12 +308,11 @@ def main(argv: list[str] | None = None) -> None:
         "configs": CONFIGS,
         "environment": environment(torch.device("cpu")) | {"workers": args.workers},
     }
-    earlier = read_json(args.out) if args.out.is_file() else {}
-    kept = earlier.get("runs", []) if earlier.get("settings") == payload["settings"] else []
+    kept = kept_runs(args.out, payload)
     done = {(r["config"], r["seed"], r["lr"]) for r in kept}
     work = args.work_dir.resolve()
     if args.stage == "select":
-        wanted = [(c, SELECT_SEED, lr) for lr in args.lrs for c in args.configs]
+        wanted = [(c, SELECT_SEED, lr) for c, lr in args.runs or selection_grid(args)]
     else:
         picked = picked_lrs(kept)
         missing = [c for c in args.configs if c not in picked]
@@ -305,7 +326,6 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(f"{len(kept)} runs kept from {args.out}, {len(jobs)} to train", flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    kept = [run | {"reused": True} for run in kept]
     payload = run_jobs(jobs, args.workers, payload, args.out, kept, summarize_study)
     print(markdown(payload["summary"]))
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import os
 import shlex
@@ -231,6 +232,8 @@ def kept_runs(out_path: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
     if not out_path.is_file():
         return []
     earlier = read_json(out_path)
+    # Compared as JSON holds them: a tuple in the payload (seeds) reads back as a list.
+    payload = json.loads(json.dumps(payload))
     if earlier.get("settings") != payload["settings"] or earlier.get("tasks") != payload["tasks"]:
         return []
     return [

@@ -95,3 +95,14 @@ def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> No
     stopped = calibration_record(run.root)
     assert stopped["val_test_average"] is None and stopped["status"] == "interrupted"
     assert "(stopped at 2000) | val_test | not yet" in calibration_markdown([stopped])
+
+
+def test_runs_are_named_config_at_rate() -> None:
+    import argparse
+
+    from benchmarks.glue8 import config_at_rate
+
+    assert config_at_rate("more@3e-3") == ("more", 0.003)
+    for bad in ("nope@1e-3", "more@fast", "more"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            config_at_rate(bad)

@@ -31,3 +31,12 @@ def test_runs_of_the_same_settings_and_configuration_are_kept(tmp_path: Path) ->
     changed = _payload(configs={"lora": {"kind": "lora"}, "more": {"kind": "more", "r": 4}})
     assert [r["config"] for r in kept_runs(out, changed)] == ["lora"]
     assert kept_runs(tmp_path / "missing.json", _payload()) == []
+
+
+def test_settings_with_tuples_match_their_json_form(tmp_path: Path) -> None:
+    """The payload holds seeds as a tuple; the JSON written earlier holds a list."""
+    out = tmp_path / "quality.json"
+    settings = {"steps": 400, "seeds": (1, 2)}
+    out.write_text(json.dumps(_payload() | {"settings": settings, "runs": [_run("lora", 1)]}))
+    kept = kept_runs(out, _payload() | {"settings": settings})
+    assert [(r["config"], r["seed"]) for r in kept] == [("lora", 1)]
