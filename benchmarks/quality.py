@@ -80,6 +80,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "more_no_cl": {"kind": "more", "cl_weight": 0.0},
     "more_frozen_router": {"kind": "more", "router": "frozen_random"},
     "more_shared_embedding": {"kind": "more", "task_embedding": "shared"},
+    # Candidate fix: the gates saturate within the first evaluation period at the full rate.
+    "more_slow_router": {"kind": "more", "router_lr_scale": 0.1},
 }
 CONFIGS = METHODS | ABLATIONS
 
@@ -220,9 +222,29 @@ def run_job(job: Job) -> dict[str, Any]:
         "average": report["average"],
         "split": report["split"],
         "parameters": info.get("parameters"),
+        "curve": training_curve(run),
         "run_dir": str(run_dir),
         "reused": state == "finished",
     }
+
+
+def training_curve(run: RunDir) -> list[dict[str, Any]]:
+    """Each model-selection evaluation of a run: its average and, for MoRE, the router at
+    that step (mean chosen rank and confidence per task; ``changed``: (layer, task) choices
+    that moved since the previous evaluation, summed over the loss records in between)."""
+    curve, changed = [], 0
+    router_at: dict[int, dict[str, Any]] = {}
+    for record in map(json.loads, run.metrics.read_text().splitlines()):
+        if "router" in record:
+            changed += record["router"].get("changed", 0)
+            router_at[record["step"]] = record["router"] | {"changed": changed}
+        elif "eval" in record:  # in training, only the model-selection split is logged
+            point = {"step": record["step"], "average": record["average"]}
+            if record["step"] in router_at:
+                point["router"] = router_at[record["step"]]
+                changed = 0
+            curve.append(point)
+    return curve
 
 
 def kept_runs(out_path: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
     "task_embedding_dim": (("more", "moelora"), 64),
     "router": (("more",), "ste"),
     "fixed_ranks": (("more",), None),
+    "router_lr_scale": (("more",), 1.0),
     "cl_weight": (("more",), 0.1),
     "cl_temperature": (("more",), 0.05),
     "num_experts": (("multilora", "moelora", "mosld"), 4),
@@ -125,6 +126,13 @@ class AdapterConfig(BaseModel):
         None,
         description="more: force ranks instead of routing, one rank for every task or "
         "{task: rank}. For ablations and tests.",
+    )
+    router_lr_scale: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="more (default 1): the router's learning rate (task embeddings, gates) "
+        "as a fraction of train.lr; below 1 the gates commit to ranks more slowly.",
     )
     cl_weight: float | None = Field(
         None,

@@ -68,6 +68,7 @@ from more_cli.rundir import (
 from more_cli.training.checkpoints import restore_checkpoint, save_checkpoint, write_adapter
 from more_cli.training.reporting import (
     LossWindow,
+    RouterTrace,
     init_trackers,
     log_metrics,
     progress,
@@ -126,7 +127,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
 def _fit(session: Session, signals: SignalCatcher) -> None:
     """Optimizer steps until ``total_steps``, early stopping, or a signal."""
     acc, state, cfg = session.accelerator, session.state, session.recipe.train
-    window = LossWindow()
+    window, router_trace = LossWindow(), RouterTrace(session.adapter)
     with progress(session) as show_progress:
         for batch in session.batches:
             if state.step >= session.total_steps:
@@ -147,7 +148,7 @@ def _fit(session: Session, signals: SignalCatcher) -> None:
                 continue
             state.step += 1
             if state.step % cfg.log_every == 0 or state.step == session.total_steps:
-                log_metrics(session, window.flush(session))
+                log_metrics(session, window.flush(session) | router_trace.record())
                 _record_phase(session, "train")
             show_progress(state.step, window.last_loss)
             improved = _evaluate_if_due(session)

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from more_cli.rundir import (
-    append_jsonl,
-)
+from more_cli.adapters import MultiTaskAdapter
+from more_cli.adapters.router import Router
+from more_cli.rundir import append_jsonl
+from more_cli.sharded import is_sharded
 from more_cli.training.session import Session, flatten
 
 
@@ -58,11 +59,49 @@ class LossWindow:
         return record
 
 
+class RouterTrace:
+    """Where MoRE's hard router stands, for the loss records: each task's mean chosen rank
+    and mean gate confidence over the layers, and how many (layer, task) choices changed
+    since the previous record (left out of the first record of a process).
+
+    Empty for kinds without a hard router, and under FSDP2, where the router's parameters
+    are sharded (the adapter files written at the end still hold the chosen ranks).
+    """
+
+    def __init__(self, adapter: MultiTaskAdapter) -> None:
+        router = adapter.router
+        self.router = router if isinstance(router, Router) else None
+        self.tasks = adapter.tasks
+        self.previous: torch.Tensor | None = None
+
+    def record(self) -> dict[str, Any]:
+        if self.router is None or any(is_sharded(p) for p in self.router.parameters()):
+            return {}
+        ranks = self.router.chosen_ranks()  # [layers, tasks]
+        confidence = self.router.confidence()
+        summary: dict[str, Any] = {
+            "mean_rank": dict(zip(self.tasks, ranks.float().mean(0).tolist(), strict=True)),
+            "confidence": dict(zip(self.tasks, confidence.mean(0).tolist(), strict=True)),
+        }
+        if self.previous is not None:
+            summary["changed"] = int((ranks != self.previous).sum())
+        self.previous = ranks
+        return {"router": summary}
+
+
 def tracker_values(values: dict[str, Any]) -> dict[str, float]:
     """The numbers of a metrics record as tracker scalars: ``loss``, ``lr``, ... as they
-    are; an evaluation as ``<split>/average`` and ``<split>/<task>/<metric>``."""
+    are, the router's as ``router/<task>/mean_rank`` (and ``confidence``) and
+    ``router/changed``; an evaluation as ``<split>/average`` and ``<split>/<task>/<metric>``."""
     if "eval" not in values:
-        return {k: v for k, v in values.items() if isinstance(v, int | float)}
+        scalars = {k: v for k, v in values.items() if isinstance(v, int | float)}
+        router = values.get("router", {})
+        for name in ("mean_rank", "confidence"):
+            for task, value in router.get(name, {}).items():
+                scalars[f"router/{task}/{name}"] = value
+        if "changed" in router:
+            scalars["router/changed"] = router["changed"]
+        return scalars
     split = values["split"]
     scalars = {f"{split}/average": values["average"]}
     for task, metrics in values["eval"].items():

@@ -324,7 +324,7 @@ def setup(recipe: Recipe, run: RunDir) -> Session:
         say=partial(say_on_main, accelerator),
     )  # fmt: skip
     total_steps = _total_steps(recipe, max(batches.task_sizes), accelerator.num_processes)
-    optimizer = _make_optimizer(model, recipe)
+    optimizer = _make_optimizer(model, recipe, adapter.router)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(recipe.train.scheduler, recipe.train.warmup_steps, total_steps)
     )
@@ -363,20 +363,35 @@ def _lr_factor(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+def _make_optimizer(
+    model: nn.Module, recipe: Recipe, router: nn.Module | None
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms, embeddings); MoRE's
+    router (task embeddings, gates) at ``router_lr_scale`` times the learning rate."""
+    router_scale = recipe.adapter.router_lr_scale or 1.0
+    # With the scale at 1 the groups (and so the checkpoints' optimizer state) stay as before.
+    scaled = router is not None and router_scale != 1.0
+    router_ids = {id(p) for p in router.parameters()} if scaled else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             lowered = name.lower()
             no_wd = param.ndim < 2 or any(m in lowered for m in _NO_DECAY_MARKERS)
-            (no_decay if no_wd else decay).append(param)
-    if not decay and not no_decay:
+            groups.setdefault((id(param) in router_ids, no_wd), []).append(param)
+    if not groups:
         raise UserError("nothing to train: the model has no trainable parameters")
-    groups = [
-        {"params": decay, "weight_decay": recipe.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=recipe.train.lr)
+    lr = recipe.train.lr
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": lr * router_scale if in_router else lr,
+                "weight_decay": 0.0 if no_wd else recipe.train.weight_decay,
+            }
+            for (in_router, no_wd), params in sorted(groups.items())
+        ],
+        lr=lr,
+    )
 
 
 def start_run(session: Session, *, resumed: bool) -> None:

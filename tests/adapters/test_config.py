@@ -22,6 +22,7 @@ VALUES = {
     "task_embedding_dim": 16,
     "router": "frozen_random",
     "fixed_ranks": 2,
+    "router_lr_scale": 0.5,
     "cl_weight": 0.2,
     "cl_temperature": 0.1,
     "num_experts": 2,

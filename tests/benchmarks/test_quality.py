@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.quality import kept_runs
+from benchmarks.quality import kept_runs, training_curve
+from more_cli.rundir import RunDir
 
 
 def _payload(steps: int = 400, configs: dict | None = None) -> dict:
@@ -40,3 +41,24 @@ def test_settings_with_tuples_match_their_json_form(tmp_path: Path) -> None:
     out.write_text(json.dumps(_payload() | {"settings": settings, "runs": [_run("lora", 1)]}))
     kept = kept_runs(out, _payload() | {"settings": settings})
     assert [(r["config"], r["seed"]) for r in kept] == [("lora", 1)]
+
+
+def test_the_curve_holds_each_evaluation_with_the_router_at_its_step(tmp_path: Path) -> None:
+    def router(rank: float, changed: int | None) -> dict:
+        trace = {"mean_rank": {"rte": rank}, "confidence": {"rte": 0.5}}
+        return {"router": trace | ({} if changed is None else {"changed": changed})}
+
+    records = [
+        {"step": 10, "loss": 1.0} | router(2.0, None),
+        {"step": 20, "loss": 1.0} | router(3.0, 4),
+        {"step": 20, "split": "val_select", "eval": {}, "average": 50.0},
+        {"step": 30, "loss": 1.0} | router(3.0, 1),
+        {"step": 40, "loss": 1.0} | router(3.5, 2),
+        {"step": 40, "split": "val_select", "eval": {}, "average": 55.0},
+    ]
+    run = RunDir(tmp_path)
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = training_curve(run)
+    assert [(p["step"], p["average"]) for p in curve] == [(20, 50.0), (40, 55.0)]
+    assert [p["router"]["changed"] for p in curve] == [4, 3]
+    assert curve[1]["router"]["mean_rank"] == {"rte": 3.5}

@@ -29,6 +29,67 @@ def test_an_evaluation_becomes_one_scalar_per_task_and_metric() -> None:
     assert tracker_values({"loss": 0.5, "lr": 1e-3, "note": "x"}) == {"loss": 0.5, "lr": 1e-3}
 
 
+def test_router_figures_become_scalars_per_task() -> None:
+    record = {"loss": 0.5, "router": {"mean_rank": {"rte": 3.5}, "confidence": {"rte": 0.9},
+                                      "changed": 2}}  # fmt: skip
+    assert tracker_values(record) == {
+        "loss": 0.5, "router/rte/mean_rank": 3.5, "router/rte/confidence": 0.9,
+        "router/changed": 2,
+    }  # fmt: skip
+
+
+def test_loss_records_trace_the_router_until_its_final_choice(
+    write_recipe: Callable[..., Path], run_dir: Path
+) -> None:
+    from more_cli.run_loading import load_run
+
+    train(load_recipe(write_recipe(train={"max_steps": 6, "log_every": 2, "lr": 0.05})))
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
+    traces = [r["router"] for r in records if "loss" in r]
+    assert len(traces) == 3 and "changed" not in traces[0]
+    for trace in traces:
+        assert set(trace["mean_rank"]) == {"sst2", "rte"}
+        assert all(1.0 <= rank <= 4.0 for rank in trace["mean_rank"].values())
+        assert all(0.0 < c <= 1.0 for c in trace["confidence"].values())
+    # No evaluation, so adapter/ holds the last step: the last record is its routing.
+    run = load_run(run_dir)
+    for task, ranks in run.adapter.chosen_ranks().items():
+        assert traces[-1]["mean_rank"][task] == pytest.approx(sum(ranks.values()) / len(ranks))
+    layers_times_tasks = 2 * len(run.adapter.layers)
+    assert all(0 <= t["changed"] <= layers_times_tasks for t in traces[1:])
+
+
+def test_changed_counts_the_layer_task_choices_that_moved() -> None:
+    import torch
+
+    from more_cli.adapters import AdapterConfig, inject_adapter
+    from more_cli.training.reporting import RouterTrace
+    from tests.helpers.tiny import tiny_t5
+
+    adapter = inject_adapter(tiny_t5(), AdapterConfig(kind="more", r=4), ["a", "b"])
+    trace = RouterTrace(adapter)
+    before = adapter.router.chosen_ranks()
+    assert "changed" not in trace.record()["router"]
+    # The group's first layer is made to pick, for every task, a rank task "a" did not have.
+    first = adapter.router.group_layers[0][0]
+    target = 1 if int(before[first, 0]) != 1 else 4
+    with torch.no_grad():
+        adapter.router.groups[0].gate_bias[0] = (
+            torch.nn.functional.one_hot(torch.tensor(target - 1), 4).float() * 1e4
+        )
+    expected = int((before[first] != target).sum())
+    assert expected >= 1 and trace.record()["router"]["changed"] == expected
+    assert trace.record()["router"]["changed"] == 0
+
+
+def test_kinds_without_a_hard_router_trace_nothing(
+    write_recipe: Callable[..., Path], run_dir: Path
+) -> None:
+    train(load_recipe(write_recipe(adapter={"kind": "lora"}, train={"max_steps": 2})))
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
+    assert records and not any("router" in r for r in records)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs tensorboard")
 def test_tensorboard_holds_loss_evaluations_and_test_scores(
     write_recipe: Callable[..., Path], run_dir: Path

@@ -42,3 +42,42 @@ def test_bad_validation_rows_and_missing_tasks_stop_before_the_model_loads(
     resolved = Path("no/such/folder").resolve()
     assert qnli == f"task qnli: source folder not found: no/such/folder (= {resolved})"
     assert not Path(recipe.output_dir).exists()
+
+
+def _optimizer_for(adapter_fields: dict):
+    from more_cli.adapters import AdapterConfig, inject_adapter
+    from more_cli.recipe import Recipe
+    from tests.helpers.tiny import tiny_t5
+
+    model = tiny_t5()
+    config = AdapterConfig(kind="more", r=4, **adapter_fields)
+    adapter = inject_adapter(model, config, ["demo_topic"])
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": "t5-small"},
+            "adapter": config.model_dump(),
+            "tasks": [{"name": "demo_topic"}],
+            "train": {"lr": 1e-3, "weight_decay": 0.01},
+        }
+    )
+    optimizer = training_session._make_optimizer(model, recipe, adapter.router)
+    return optimizer, adapter.router
+
+
+def test_router_trains_at_its_scaled_learning_rate() -> None:
+    optimizer, router = _optimizer_for({"router_lr_scale": 0.1})
+    router_ids = {id(p) for p in router.parameters()}
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= router_ids if group["lr"] == pytest.approx(1e-4) else not ids & router_ids
+    scaled = {id(p) for g in optimizer.param_groups if g["lr"] < 1e-3 for p in g["params"]}
+    assert scaled == router_ids
+    # The weight-decay rule is the same inside the router: gate matrices decay, tables not.
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] for p in g["params"]}
+    assert decayed & router_ids == {id(group.gate_weight) for group in router.groups}
+
+
+def test_router_scale_one_keeps_the_two_groups_of_before() -> None:
+    optimizer, _ = _optimizer_for({})
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
