@@ -156,10 +156,13 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement."
     )
-    log_every: int = Field(10, ge=1, description="Log loss / lr / throughput every N steps.")
+    log_every: int = Field(
+        10, ge=1, description="Log loss / lr / throughput (and MoRE's router) every N steps."
+    )
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,
-        description="accelerate trackers besides metrics.jsonl: loss, lr and throughput, every "
+        description="accelerate trackers besides metrics.jsonl: loss, lr and throughput, "
+        "MoRE's router (router/<task>/mean_rank, confidence, router/changed), every "
         "evaluation per task and metric (<split>/<task>/<metric>) and the final test scores. "
         "TensorBoard writes to RUN_DIR/more/. The tracker's package must be installed "
         "(tensorboard: pip install -e '.[tracking]'), else the run is refused before it starts.",
