@@ -17,8 +17,11 @@ Examples:
 
   more inspect runs/glue --checkpoint step-2000 --task-embeddings --params
 
+  more inspect runs/glue --router-history --out runs/glue/inspect
+
 Without a section flag every section is shown. --out writes the figures (rank_heatmap,
-router_confidence, task_embeddings) and inspection.json with every number shown.
+router_confidence, task_embeddings, router_history) and inspection.json with every number
+shown; the router's history over training is in the run's metrics.jsonl.
 """
 
 
@@ -41,6 +44,12 @@ def inspect(
     ] = False,
     confidence: Annotated[
         bool, typer.Option("--confidence", help="Router confidence per task and layer.")
+    ] = False,
+    router_history: Annotated[
+        bool,
+        typer.Option(
+            "--router-history", help="MoRE: mean chosen rank and confidence over training."
+        ),
     ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for figures and inspection.json.")
@@ -68,6 +77,7 @@ def inspect(
         )
         if wanted
     ]
+    everything = not chosen and not router_history
     if out is not None:
         writable_folder(out, "--out")
     quiet_model_loading()
@@ -75,9 +85,33 @@ def inspect(
     console = Console()
     tasks = ", ".join(run.adapter.tasks)
     console.print(f"{run.source} ({run.adapter.config.kind} adapter; tasks: {tasks})")
-    written = inspect_adapter(run.adapter, console, chosen or SECTIONS, out, image_format.value)
+    sections = SECTIONS if everything else chosen
+    written = inspect_adapter(run.adapter, console, sections, out, image_format.value)
+    if (router_history or everything) and run.adapter.config.kind == "more":
+        until = int(checkpoint.removeprefix("step-")) if checkpoint else None
+        written += show_router_history(run, console, until, out, image_format.value)
     for path in written:
         console.print(f"wrote {path}")
+
+
+def show_router_history(run, console, until: int | None, out: Path | None, image_format: str):
+    """The router table (and with ``out`` its figure); the files written."""
+    from more_cli.router_history import history_table, plot_history, read_history
+    from more_cli.rundir import RunDir
+
+    points = read_history(RunDir(run.root), until)
+    if not points:
+        console.print(
+            f"{run.root}/metrics.jsonl has no router records (runs trained before the "
+            "router trace have none)"
+        )
+        return []
+    console.print(history_table(points, len(run.adapter.layers) * len(run.adapter.tasks)))
+    if out is None:
+        return []
+    path = out / f"router_history.{image_format}"
+    plot_history(points, run.adapter.config.r, path)
+    return [path]
 
 
 def register(app: typer.Typer) -> None:

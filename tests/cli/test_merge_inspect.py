@@ -56,9 +56,17 @@ def test_merge_then_inspect_a_trained_run(trained: Path) -> None:
     figures = trained / "figures"
     code, out, err = _more("inspect", trained, "--out", figures)
     assert code == 0, err
-    for title in ("chosen rank", "router confidence", "task-embedding", "trainable parameters"):
+    for title in (
+        "chosen rank", "router confidence", "task-embedding", "trainable parameters",
+        "Router over training",
+    ):  # fmt: skip
         assert title in out
-    for name in ("rank_heatmap.png", "router_confidence.png", "task_embeddings.png"):
+    for name in (
+        "rank_heatmap.png",
+        "router_confidence.png",
+        "task_embeddings.png",
+        "router_history.png",
+    ):
         assert (figures / name).stat().st_size > 0
     numbers = json.loads((figures / "inspection.json").read_text())
     assert numbers["tasks"] == ["sst2", "rte"]
@@ -67,6 +75,13 @@ def test_merge_then_inspect_a_trained_run(trained: Path) -> None:
     code, out, err = _more("inspect", trained, "--params", "--checkpoint", "step-2")
     assert code == 0, err
     assert "trainable parameters" in out and "chosen rank" not in out
+    assert "Router over training" not in out
+
+    # The history of a checkpoint stops at its step (loss records at steps 2 and 4).
+    code, out, err = _more("inspect", trained, "--router-history", "--checkpoint", "step-2")
+    assert code == 0, err
+    rows = [line.split()[1] for line in out.splitlines() if line.startswith("│")]
+    assert rows == ["2"] and "trainable parameters" not in out
 
 
 @pytest.mark.parametrize(
