@@ -33,8 +33,10 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -194,8 +196,27 @@ def check_glue_dir(glue_dir: Path, tasks: Sequence[str]) -> None:
 # Running
 
 
+def stop_when_orphaned(poll_s: float = 2.0) -> None:
+    """Send this worker SIGTERM once the suite that started it is gone (its parent process
+    changes), so that a suite stopped by a signal to it alone, or killed, does not leave
+    its runs training unwatched: training saves a checkpoint on SIGTERM and stops, and the
+    next invocation resumes the run."""
+    # The pid that started this process, even if it has died since (os.getppid() would
+    # then already name the adopting process).
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-when-orphaned", daemon=True).start()
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Train one run (in its own worker process) unless a matching finished run exists."""
+    stop_when_orphaned()
     torch.set_num_threads(job.threads)
     run_dir = Path(job.recipe.output_dir)
     state = run_state(run_dir, job.recipe)

@@ -62,3 +62,50 @@ def test_the_curve_holds_each_evaluation_with_the_router_at_its_step(tmp_path: P
     assert [(p["step"], p["average"]) for p in curve] == [(20, 50.0), (40, 55.0)]
     assert [p["router"]["changed"] for p in curve] == [4, 3]
     assert curve[1]["router"]["mean_rank"] == {"rte": 3.5}
+
+
+_ORPHAN_WORKER = """
+import multiprocessing, sys
+from tests.benchmarks.test_quality import sleep_until_stopped
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(
+        target=sleep_until_stopped, args=(sys.argv[1],)
+    )
+    child.start()
+    print(child.pid, flush=True)
+    import os
+    os._exit(0)  # the suite dies without a word to its worker
+"""
+
+
+def sleep_until_stopped(marker: str) -> None:
+    """A stand-in for a training worker: SIGTERM makes it write ``marker`` and stop."""
+    import signal
+    import sys
+    import time
+
+    from benchmarks.quality import stop_when_orphaned
+
+    def stopped(signum: int, frame: object) -> None:
+        Path(marker).write_text("stopped")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stopped)
+    stop_when_orphaned(poll_s=0.1)
+    time.sleep(60)
+
+
+def test_a_worker_whose_suite_is_gone_stops_as_on_sigterm(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "stopped"
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, "-c", _ORPHAN_WORKER, str(marker)], cwd=repo, check=True, timeout=60
+    )
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.read_text() == "stopped"
