@@ -200,6 +200,36 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def curves_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """Each run's ``val_select`` average at every evaluation and, for MoRE, its router then:
+    the mean chosen rank over tasks and layers, and the choices that moved since the
+    previous evaluation. Runs recorded before curves were kept are left out."""
+    with_curves = [r for r in runs if r.get("curve")]
+    if not with_curves:
+        return ""
+    steps = sorted({point["step"] for r in with_curves for point in r["curve"]})
+    lines = ["val_select average at each evaluation (router: mean rank, choices moved):", "",
+             "| run | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "|---|" + "---:|" * len(steps)]  # fmt: skip
+    for run in sorted(with_curves, key=lambda r: (r["config"], r["lr"], r["seed"])):
+        at = {point["step"]: point for point in run["curve"]}
+        cells = []
+        for step in steps:
+            point = at.get(step)
+            if point is None:
+                cells.append("—")
+                continue
+            cell_text = f"{point['average']:.1f}"
+            if "router" in point:
+                ranks = point["router"]["mean_rank"].values()
+                moved = point["router"]["changed"]
+                cell_text += f" ({statistics.fmean(ranks):.2f}, {moved})"
+            cells.append(cell_text)
+        name = f"{run['config']} lr {run['lr']:g} s{run['seed']}"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def calibration_record(run_dir: Path) -> dict[str, Any]:
     """One calibration run: recipe essentials, ``val_select`` curve, ``val_test`` (an
     unfinished run, stopped to be resumed, has its curve so far and no ``val_test``)."""
@@ -294,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
         print(calibration_markdown(records))
         return
     if args.report or args.stage is None:
-        print(markdown(read_json(args.out)["summary"]))
+        results = read_json(args.out)
+        print(markdown(results["summary"]) + "\n\n" + curves_markdown(results["runs"]))
         return
     settings = Settings(**asdict(SETTINGS) | {"steps": args.steps})
     glue_dir = args.glue_dir.resolve()
@@ -327,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(kept)} runs kept from {args.out}, {len(jobs)} to train", flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     payload = run_jobs(jobs, args.workers, payload, args.out, kept, summarize_study)
-    print(markdown(payload["summary"]))
+    print(markdown(payload["summary"]) + "\n\n" + curves_markdown(payload["runs"]))
 
 
 if __name__ == "__main__":

@@ -106,3 +106,23 @@ def test_runs_are_named_config_at_rate() -> None:
     for bad in ("nope@1e-3", "more@fast", "more"):
         with pytest.raises(argparse.ArgumentTypeError):
             config_at_rate(bad)
+
+
+def test_curves_show_each_evaluation_and_the_router_at_it() -> None:
+    from benchmarks.glue8 import curves_markdown
+
+    router = {"mean_rank": {"rte": 3.0, "cola": 5.0}, "confidence": {}, "changed": 7}
+    runs = [
+        _run("more", 2023, 1e-3, 61.0, 53.0)
+        | {"curve": [{"step": 750, "average": 50.0, "router": router},
+                     {"step": 1500, "average": 55.25, "router": router | {"changed": 0}}]},
+        _run("lora", 2023, 3e-4, 60.0, 50.0) | {"curve": [{"step": 750, "average": 58.0}]},
+        _run("lora", 2023, 1e-3, 60.0, 50.0),  # recorded before curves: left out
+    ]  # fmt: skip
+    lines = curves_markdown(runs).splitlines()
+    assert lines[2] == "| run | step 750 | step 1500 |"
+    assert lines[4:] == [
+        "| lora lr 0.0003 s2023 | 58.0 | — |",
+        "| more lr 0.001 s2023 | 50.0 (4.00, 7) | 55.2 (4.00, 0) |",
+    ]
+    assert curves_markdown(runs[2:]) == ""
