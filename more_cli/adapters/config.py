@@ -130,9 +130,9 @@ class AdapterConfig(BaseModel):
     router_lr_scale: float | None = Field(
         None,
         gt=0.0,
-        le=1.0,
+        le=100.0,
         description="more (default 1): the router's learning rate (task embeddings, gates) "
-        "as a fraction of train.lr; below 1 the gates commit to ranks more slowly.",
+        "as a multiple of train.lr; below 1 the gates commit to ranks more slowly.",
     )
     cl_weight: float | None = Field(
         None,
