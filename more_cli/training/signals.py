@@ -24,8 +24,14 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signal_number: int, run_dir: Path) -> None:
         super().__init__(f"interrupted by {signal.Signals(signal_number).name}")
+        self.signal_number = signal_number
         self.exit_code = _SIGNAL_EXIT_CODES.get(signal_number, 128 + signal_number)
         self.run_dir = run_dir
+
+    def __reduce__(self) -> tuple[type, tuple[int, Path]]:
+        # Picklable, so a run trained in a worker process (multiprocessing, a process pool)
+        # hands its interruption back instead of breaking the pool.
+        return type(self), (self.signal_number, self.run_dir)
 
 
 class SignalCatcher:
