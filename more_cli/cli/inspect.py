@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from more_cli.run_loading import LoadedRun
 
 EPILOG = """\
 Examples:
@@ -94,7 +99,9 @@ def inspect(
         console.print(f"wrote {path}")
 
 
-def show_router_history(run, console, until: int | None, out: Path | None, image_format: str):
+def show_router_history(
+    run: LoadedRun, console: Console, until: int | None, out: Path | None, image_format: str
+) -> list[Path]:
     """The router table (and with ``out`` its figure); the files written."""
     from more_cli.router_history import history_table, plot_history, read_history
     from more_cli.rundir import RunDir
