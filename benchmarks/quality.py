@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from benchmarks.common import RESULTS_DIR, environment, write_json  # noqa: E402
 from more_cli.recipe import Recipe  # noqa: E402
 from more_cli.recipe_io import load_recipe  # noqa: E402
+from more_cli.router_history import read_history
 from more_cli.rundir import RunDir, latest_checkpoint, read_json, read_run_info  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -253,18 +254,25 @@ def training_curve(run: RunDir) -> list[dict[str, Any]]:
     """Each model-selection evaluation of a run: its average and, for MoRE, the router at
     that step (mean chosen rank and confidence per task; ``changed``: (layer, task) choices
     that moved since the previous evaluation, summed over the loss records in between)."""
-    curve, changed = [], 0
-    router_at: dict[int, dict[str, Any]] = {}
-    for record in map(json.loads, run.metrics.read_text().splitlines()):
-        if "router" in record:
-            changed += record["router"].get("changed", 0)
-            router_at[record["step"]] = record["router"] | {"changed": changed}
-        elif "eval" in record:  # in training, only the model-selection split is logged
-            point = {"step": record["step"], "average": record["average"]}
-            if record["step"] in router_at:
-                point["router"] = router_at[record["step"]]
-                changed = 0
-            curve.append(point)
+    evaluations = [
+        record
+        for record in map(json.loads, run.metrics.read_text().splitlines())
+        if "eval" in record  # in training, only the model-selection split is logged
+    ]
+    history = read_history(run)
+    curve, since = [], 0
+    for record in evaluations:
+        point = {"step": record["step"], "average": record["average"]}
+        between = [p for p in history[since:] if p.step <= record["step"]]
+        since += len(between)
+        if between and between[-1].step == record["step"]:
+            router = between[-1]
+            changed = sum(p.changed or 0 for p in between)
+            point["router"] = {
+                "mean_rank": router.mean_rank, "confidence": router.confidence,
+                "changed": changed,
+            }  # fmt: skip
+        curve.append(point)
     return curve
 
 
