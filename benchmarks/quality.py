@@ -85,6 +85,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "more_shared_embedding": {"kind": "more", "task_embedding": "shared"},
     # Candidate fix: the gates saturate within the first evaluation period at the full rate.
     "more_slow_router": {"kind": "more", "router_lr_scale": 0.1},
+    # Diagnostic: every task forced to rank r, so the router truncates nothing; rank scaling
+    # and the contrastive loss stay. Against `more` it measures what the chosen ranks cost.
+    "more_full_rank": {"kind": "more", "fixed_ranks": RANK},
 }
 CONFIGS = METHODS | ABLATIONS
 

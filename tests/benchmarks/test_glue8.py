@@ -126,3 +126,16 @@ def test_curves_show_each_evaluation_and_the_router_at_it() -> None:
         "| more lr 0.001 s2023 | 50.0 (4.00, 7) | 55.2 (4.00, 0) |",
     ]
     assert curves_markdown(runs[2:]) == ""
+
+
+def test_every_config_of_the_study_is_a_valid_recipe(tmp_path) -> None:
+    from benchmarks.glue8 import CONFIGS, SETTINGS, job
+    from more_cli.adapters.config import AdapterConfig
+    from more_cli.adapters.router import Router
+
+    for config in CONFIGS:
+        recipe = job(config, 2023, 3e-4, SETTINGS, tmp_path, tmp_path / "work").recipe
+        assert recipe.adapter.kind == CONFIGS[config]["kind"]
+    full = job("more_full_rank", 2023, 3e-4, SETTINGS, tmp_path, tmp_path).recipe.adapter
+    router = Router(AdapterConfig(**full.model_dump()), ["a", "b"], [16, 16])
+    assert bool((router.chosen_ranks() == full.r).all())
