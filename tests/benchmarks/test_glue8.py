@@ -130,12 +130,13 @@ def test_curves_show_each_evaluation_and_the_router_at_it() -> None:
 
 def test_every_config_of_the_study_is_a_valid_recipe(tmp_path) -> None:
     from benchmarks.glue8 import CONFIGS, SETTINGS, job
-    from more_cli.adapters.config import AdapterConfig
     from more_cli.adapters.router import Router
 
-    for config in CONFIGS:
-        recipe = job(config, 2023, 3e-4, SETTINGS, tmp_path, tmp_path / "work").recipe
-        assert recipe.adapter.kind == CONFIGS[config]["kind"]
-    full = job("more_full_rank", 2023, 3e-4, SETTINGS, tmp_path, tmp_path).recipe.adapter
-    router = Router(AdapterConfig(**full.model_dump()), ["a", "b"], [16, 16])
+    adapters = {
+        config: job(config, 2023, 3e-4, SETTINGS, tmp_path, tmp_path / "work").recipe.adapter
+        for config in CONFIGS
+    }
+    assert all(adapters[config].kind == CONFIGS[config]["kind"] for config in CONFIGS)
+    full = adapters["more_full_rank"]
+    router = Router(full, ["a", "b"], [16, 16])
     assert bool((router.chosen_ranks() == full.r).all())
