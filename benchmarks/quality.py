@@ -88,6 +88,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # Diagnostic: every task forced to rank r, so the router truncates nothing; rank scaling
     # and the contrastive loss stay. Against `more` it measures what the chosen ranks cost.
     "more_full_rank": {"kind": "more", "fixed_ranks": RANK},
+    # Candidate fix: every task starts at rank r (the gate biases favour it) and the live
+    # router prunes from there, instead of keeping the random initial gate's spread of ranks.
+    "more_start_full": {"kind": "more", "initial_rank": RANK},
 }
 CONFIGS = METHODS | ABLATIONS
 

@@ -34,6 +34,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
     "task_embedding_dim": (("more", "moelora"), 64),
     "router": (("more",), "ste"),
     "fixed_ranks": (("more",), None),
+    "initial_rank": (("more",), None),
     "router_lr_scale": (("more",), 1.0),
     "cl_weight": (("more",), 0.1),
     "cl_temperature": (("more",), 0.05),
@@ -127,6 +128,15 @@ class AdapterConfig(BaseModel):
         description="more: force ranks instead of routing, one rank for every task or "
         "{task: rank}. For ablations and tests.",
     )
+    initial_rank: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="more: the rank every task starts at; the gate biases are set so that "
+        "this expert has at least 0.75 of each gate's probability, and the router moves "
+        "from there (default: the random initial gate's choice). initial_rank: r starts "
+        "every task at the full LoRA.",
+    )
     router_lr_scale: float | None = Field(
         None,
         gt=0.0,
@@ -200,6 +210,10 @@ class AdapterConfig(BaseModel):
         for rank in ranks:
             if not 1 <= rank <= self.r:
                 raise ValueError(f"fixed_ranks value {rank} must be between 1 and r={self.r}")
+        if self.initial_rank is not None and self.initial_rank > self.r:
+            raise ValueError(
+                f"initial_rank {self.initial_rank} must be between 1 and r={self.r}; lower it"
+            )
         return self
 
     @model_serializer(mode="wrap")

@@ -92,6 +92,8 @@ class Router(nn.Module):
         order = [i for layers in self.group_layers for i in layers]
         self.register_buffer("_layer_order", torch.argsort(torch.tensor(order)), persistent=False)
         self.register_buffer("fixed_ranks", self._fixed_rank_table(config, tasks))
+        if config.initial_rank is not None:
+            self._start_at_rank(config.initial_rank)
         if config.router == "frozen_random":
             self._freeze_at_initial_choice()
         if bool((self.fixed_ranks > 0).all()):
@@ -146,6 +148,20 @@ class Router(nn.Module):
         if isinstance(fixed, int):
             return torch.full((len(tasks),), fixed, dtype=torch.long)
         return torch.tensor([fixed.get(task, 0) for task in tasks], dtype=torch.long)
+
+    def _start_at_rank(self, rank: int) -> None:
+        """Raise each layer's gate bias of expert ``rank`` until that expert leads every
+        task's logits by log(3 (r - 1)): its probability is then at least 0.75 for every
+        task, and the gradient still reaches the gate (it is not saturated)."""
+        if self.config.r == 1:
+            return
+        margin = math.log(3 * (self.config.r - 1))
+        with torch.no_grad():
+            for group in self.groups:
+                logits = group.logits(self.shared_embedding)  # [layers, tasks, r]
+                others = torch.cat([logits[..., : rank - 1], logits[..., rank:]], dim=-1)
+                lead = logits[..., rank - 1] - others.max(-1).values  # [layers, tasks]
+                group.gate_bias[:, rank - 1] += (margin - lead.min(-1).values).clamp_min(0)
 
     def _freeze_at_initial_choice(self) -> None:
         """Reproduce the authors' released code: ranks stay at the initial gate's argmax."""

@@ -22,6 +22,7 @@ VALUES = {
     "task_embedding_dim": 16,
     "router": "frozen_random",
     "fixed_ranks": 2,
+    "initial_rank": 4,
     "router_lr_scale": 0.5,
     "cl_weight": 0.2,
     "cl_temperature": 0.1,
@@ -140,3 +141,8 @@ def test_an_unknown_kind_is_reported_as_such_not_as_an_inactive_key() -> None:
     with pytest.raises(ValidationError, match="Input should be 'more'") as caught:
         AdapterConfig(kind="moe-lora", cl_weight=0.1)
     assert "no effect" not in str(caught.value)
+
+
+def test_initial_rank_above_r_is_refused() -> None:
+    with pytest.raises(ValidationError, match="initial_rank 9 must be between 1 and r=8"):
+        AdapterConfig(kind="more", r=8, initial_rank=9)

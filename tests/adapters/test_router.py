@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from more_cli.adapters import AdapterConfig, inject_adapter
@@ -85,6 +86,45 @@ def test_fixed_ranks_override_the_router() -> None:
     ranks = adapter.chosen_ranks()
     assert set(ranks["alpha"].values()) == {2}
     assert set(ranks["gamma"].values()) == {7}
+
+
+@pytest.mark.parametrize("layout", ["per_layer", "shared"])
+@pytest.mark.parametrize("rank", [1, 5, 8])
+def test_initial_rank_starts_every_task_there_with_an_unsaturated_gate(
+    layout: str, rank: int
+) -> None:
+    config = AdapterConfig(kind="more", r=8, initial_rank=rank, task_embedding=layout)
+    adapter = inject_adapter(BUILDERS["bert"](), config, TASKS)
+    router = adapter.router
+    assert torch.equal(router.chosen_ranks(), torch.full_like(router.chosen_ranks(), rank))
+    confidence = router.confidence()
+    assert bool((confidence >= 0.75 - 1e-6).all()) and bool((confidence < 0.999).all())
+    # Only the biases moved: the same seed without initial_rank has the same gate weights.
+    torch.manual_seed(0)
+    plain = inject_adapter(BUILDERS["bert"](), AdapterConfig(kind="more", r=8), TASKS).router
+    torch.manual_seed(0)
+    started = inject_adapter(
+        BUILDERS["bert"](), AdapterConfig(kind="more", r=8, initial_rank=rank), TASKS
+    ).router
+    for a, b in zip(plain.groups, started.groups, strict=True):
+        assert torch.equal(a.gate_weight, b.gate_weight)
+        changed = (a.gate_bias != b.gate_bias).any(0)
+        assert changed.nonzero().flatten().tolist() in ([], [rank - 1])
+
+
+def test_initial_rank_keeps_the_router_live() -> None:
+    model = BUILDERS["t5"]()
+    config = AdapterConfig(kind="more", r=4, initial_rank=4, cl_weight=0.0)
+    adapter = inject_adapter(model, config, TASKS)
+    with torch.no_grad():  # B starts at zero; the gates keep their initial state
+        for layer in adapter.layers.values():
+            layer.lora_B.normal_()
+    assert set(adapter.router.chosen_ranks().flatten().tolist()) == {4}
+    inputs = model_inputs("t5", batch=2)
+    model(
+        **inputs, labels=inputs["input_ids"][:, :3].contiguous(), task_ids=torch.tensor([0, 1])
+    ).loss.backward()
+    assert adapter.router.groups[0].gate_bias.grad.abs().sum() > 0
 
 
 def test_shared_task_embedding_is_leaner_and_feeds_the_contrastive_loss() -> None:
