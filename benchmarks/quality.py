@@ -91,6 +91,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # Candidate fix: every task starts at rank r (the gate biases favour it) and the live
     # router prunes from there, instead of keeping the random initial gate's spread of ranks.
     "more_start_full": {"kind": "more", "initial_rank": RANK},
+    # Candidate fix: the contrastive loss shapes the task embeddings only, never the model's
+    # hidden states; and the two candidates that helped early (start at rank r, no loss).
+    "more_cl_detached": {"kind": "more", "cl_detach_inputs": True},
+    "more_start_full_no_cl": {"kind": "more", "initial_rank": RANK, "cl_weight": 0.0},
 }
 CONFIGS = METHODS | ABLATIONS
 

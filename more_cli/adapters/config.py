@@ -38,6 +38,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
     "router_lr_scale": (("more",), 1.0),
     "cl_weight": (("more",), 0.1),
     "cl_temperature": (("more",), 0.05),
+    "cl_detach_inputs": (("more",), False),
     "num_experts": (("multilora", "moelora", "mosld"), 4),
     "top_k": (("mosld",), 2),
     "shared_dropout": (("mosld",), 0.1),
@@ -152,6 +153,12 @@ class AdapterConfig(BaseModel):
     )
     cl_temperature: float | None = Field(
         None, gt=0.0, description="more (default 0.05): temperature tau of that loss."
+    )
+    cl_detach_inputs: bool | None = Field(
+        None,
+        description="more (default false): true stops the contrastive loss's gradient at the "
+        "layer inputs, so it trains the task embeddings (and the projection) only and never "
+        "pulls the model's hidden states towards them.",
     )
     num_experts: int | None = Field(
         None,

@@ -25,6 +25,7 @@ VALUES = {
     "initial_rank": 4,
     "router_lr_scale": 0.5,
     "cl_weight": 0.2,
+    "cl_detach_inputs": True,
     "cl_temperature": 0.1,
     "num_experts": 2,
     "top_k": 1,

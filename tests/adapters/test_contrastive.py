@@ -136,3 +136,26 @@ def test_only_more_trains_with_the_contrastive_loss(kind: str) -> None:
     assert adapter.context.summaries == {}
     assert not any(layer.summarises for layer in adapter.layers.values())
     assert (adapter.auxiliary_loss() is not None) == (kind == "mosld")
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_inputs_keep_the_loss_and_train_only_the_task_embeddings(detach: bool) -> None:
+    losses, grads = [], []
+    for detach_inputs in (False, detach):
+        torch.manual_seed(0)
+        model = BUILDERS["bert"]()
+        config = AdapterConfig(kind="more", r=4, dropout=0.0, cl_detach_inputs=detach_inputs)
+        adapter = inject_adapter(model, config, TASKS)
+        randomize_adapter(adapter)
+        model.train()
+        model(**model_inputs("bert", batch=3), task_ids=torch.tensor([0, 1, 2]))
+        loss = adapter.auxiliary_loss()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({k: p.grad for k, p in adapter.named_trainable_parameters().items()})
+    torch.testing.assert_close(losses[0], losses[1])
+    lora = [g for k, g in grads[1].items() if "lora_" in k]
+    embeddings = [g for k, g in grads[1].items() if "embedding" in k]
+    assert embeddings and all(g is not None and g.abs().sum() > 0 for g in embeddings)
+    reached = any(g is not None and g.abs().sum() > 0 for g in lora)
+    assert reached is not detach
