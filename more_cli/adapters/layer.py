@@ -60,7 +60,6 @@ class AdapterLayer(nn.Module):
         # the pooling and leaves out layers whose input cannot tell tasks apart.
         self.summarises = config.contrastive
         self.cl_pooling = "first"
-        self.cl_detach_inputs = bool(config.cl_detach_inputs)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         # A plain attribute, not a submodule: the context belongs to the whole model.
         object.__setattr__(self, "context", context)
@@ -106,9 +105,7 @@ class AdapterLayer(nn.Module):
             update = self._masked_update(dropped, weights)
         # A sequence input is summarised for the contrastive loss, computed by the router.
         if self.summarises and self.training and x.dim() >= 3:
-            self.context.summaries[self.index] = self._summary(
-                x.detach() if self.cl_detach_inputs else x
-            )
+            self.context.summaries[self.index] = self._summary(x)
         return result + update.to(result.dtype)
 
     def _summary(self, x: torch.Tensor) -> torch.Tensor:

@@ -227,6 +227,8 @@ class Router(nn.Module):
             if not positions:
                 continue
             stacked = torch.stack([summaries[layers[p]] for p in positions])
+            if self.config.cl_detach_inputs:
+                stacked = stacked.detach()  # the loss then trains the embeddings only
             if group.embedding is None:
                 banks = self.shared_embedding[None]
             elif len(positions) == len(layers):
