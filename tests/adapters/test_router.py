@@ -93,20 +93,17 @@ def test_fixed_ranks_override_the_router() -> None:
 def test_initial_rank_starts_every_task_there_with_an_unsaturated_gate(
     layout: str, rank: int
 ) -> None:
-    config = AdapterConfig(kind="more", r=8, initial_rank=rank, task_embedding=layout)
-    adapter = inject_adapter(BUILDERS["bert"](), config, TASKS)
-    router = adapter.router
+    routers = {}
+    for start in (None, rank):
+        torch.manual_seed(0)
+        config = AdapterConfig(kind="more", r=8, initial_rank=start, task_embedding=layout)
+        routers[start] = inject_adapter(BUILDERS["bert"](), config, TASKS).router
+    router = routers[rank]
     assert torch.equal(router.chosen_ranks(), torch.full_like(router.chosen_ranks(), rank))
     confidence = router.confidence()
     assert bool((confidence >= 0.75 - 1e-6).all()) and bool((confidence < 0.999).all())
     # Only the biases moved: the same seed without initial_rank has the same gate weights.
-    torch.manual_seed(0)
-    plain = inject_adapter(BUILDERS["bert"](), AdapterConfig(kind="more", r=8), TASKS).router
-    torch.manual_seed(0)
-    started = inject_adapter(
-        BUILDERS["bert"](), AdapterConfig(kind="more", r=8, initial_rank=rank), TASKS
-    ).router
-    for a, b in zip(plain.groups, started.groups, strict=True):
+    for a, b in zip(routers[None].groups, router.groups, strict=True):
         assert torch.equal(a.gate_weight, b.gate_weight)
         changed = (a.gate_bias != b.gate_bias).any(0)
         assert changed.nonzero().flatten().tolist() in ([], [rank - 1])
