@@ -95,6 +95,13 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # hidden states; and the two candidates that helped early (start at rank r, no loss).
     "more_cl_detached": {"kind": "more", "cl_detach_inputs": True},
     "more_start_full_no_cl": {"kind": "more", "initial_rank": RANK, "cl_weight": 0.0},
+    # Candidate fix: with rank scaling a (layer, task) at rank 1-3 is nearly unadapted (its
+    # update is 1-12 % of LoRA's, benchmarks/update_norms.py); start at rank r without it.
+    "more_start_full_no_rank_scaling": {
+        "kind": "more",
+        "initial_rank": RANK,
+        "rank_scaling": False,
+    },
 }
 CONFIGS = METHODS | ABLATIONS
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -174,25 +175,39 @@ def load_adapter(
 
 def check_same_adapter(adapter: MultiTaskAdapter, directory: str | Path) -> None:
     """Refuse a saved adapter whose config or tasks differ from ``adapter``'s: a checkpoint
-    of another adapter kind or another recipe must not be loaded into it."""
+    of another adapter kind or another recipe must not be loaded into it.
+
+    The saved config is compared with its defaults filled in, so a folder written before a
+    key existed (new keys default to the behaviour from before them) still matches."""
     path = adapter_file(directory, CONFIG_FILE)
     description = read_description(directory)
-    saved = description.get("config")
-    saved = saved if isinstance(saved, dict) else {}
+    saved = _with_defaults(description.get("config"))
     current = adapter.config.model_dump(mode="json")
     changed = sorted(
         key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key)
     )
     saved_tasks = description.get("tasks")
     if changed or saved_tasks != adapter.tasks:
-        raise UserError(
-            f"{path} describes a {saved.get('kind')} adapter for tasks {saved_tasks}, not this "
-            f"run's {adapter.config.kind} adapter for tasks {adapter.tasks}",
-            details=[
-                f"differing adapter keys: {', '.join(changed) or 'none'}",
-                "load only checkpoints written by this run",
-            ],
+        differences = [f"{key} {saved.get(key)} (run: {current.get(key)})" for key in changed]
+        what = (
+            f"settings: {', '.join(differences)}"
+            if changed
+            else f"tasks {saved_tasks} (run: {adapter.tasks})"
         )
+        raise UserError(
+            f"{path} describes a {saved.get('kind')} adapter with other {what}",
+            details=["load only checkpoints written by this run"],
+        )
+
+
+def _with_defaults(config: object) -> dict:
+    """A saved config as today's :class:`AdapterConfig` writes it; as found if it is not valid."""
+    if not isinstance(config, dict):
+        return {}
+    try:
+        return AdapterConfig.model_validate(config).model_dump(mode="json")
+    except ValidationError:  # compared as found, so it differs
+        return config
 
 
 def _check_layers(adapter: MultiTaskAdapter, saved: dict, directory: str | Path) -> None:

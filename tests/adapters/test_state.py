@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from more_cli.adapters import AdapterConfig, inject_adapter, load_adapter, save_adapter
-from more_cli.adapters.state import CONFIG_FILE, WEIGHTS_FILE
+from more_cli.adapters.state import CONFIG_FILE, WEIGHTS_FILE, check_same_adapter
 from more_cli.errors import UserError
 from more_cli.integrity import MANIFEST, write_manifest
 from tests.adapters.conftest import BUILDERS, model_inputs, output_of, randomize_adapter
@@ -164,3 +164,19 @@ def test_peft_does_not_mistake_our_folder_for_one_of_its_adapters(tmp_path) -> N
     saved_adapter(tmp_path)
     with pytest.raises(ValueError, match="adapter_config.json"):
         PeftConfig.from_pretrained(str(tmp_path))
+
+
+def test_a_folder_saved_before_a_key_existed_is_still_the_same_adapter(tmp_path) -> None:
+    config = AdapterConfig(r=4)
+    adapter = inject_adapter(BUILDERS["t5"](), config, TASKS)
+    save_adapter(adapter, tmp_path)
+    path = tmp_path / CONFIG_FILE
+    description = json.loads(path.read_text())
+    for key in ("initial_rank", "cl_detach_inputs"):  # keys added after format 3 was set
+        description["config"].pop(key, None)
+    path.write_text(json.dumps(description))
+    write_manifest(tmp_path)
+    check_same_adapter(adapter, tmp_path)  # their defaults are what the folder was trained with
+    other = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4, cl_detach_inputs=True), TASKS)
+    with pytest.raises(UserError, match=r"other settings: cl_detach_inputs False \(run: True\)"):
+        check_same_adapter(other, tmp_path)
