@@ -165,12 +165,14 @@ def paired_difference(
 
 def markdown(summary: dict[str, Any]) -> str:
     """The selection table and the test table of a study summary."""
-    lines = ["Learning-rate selection (val_select average, seed 2023; picked rate in bold):", ""]
+    lines = ["Learning-rate selection (val_select average, seed 2023; the rate picked among "
+             "several in bold):", ""]  # fmt: skip
     grid = sorted({lr for rates in summary["selection"].values() for lr in rates}, key=float)
     lines += ["| config | " + " | ".join(f"lr {lr}" for lr in grid) + " |",
               "|---|" + "---:|" * len(grid)]  # fmt: skip
     for config, rates in summary["selection"].items():
-        picked = f"{summary['picked_lr'].get(config, 0):g}"
+        tried = [lr for lr, value in rates.items() if value is not None]
+        picked = f"{summary['picked_lr'].get(config, 0):g}" if len(tried) > 1 else None
         cells = [
             ("—" if rates.get(lr) is None else
              f"**{rates[lr]:.1f}**" if lr == picked else f"{rates[lr]:.1f}")

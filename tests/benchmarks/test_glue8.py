@@ -58,6 +58,8 @@ def test_one_seed_has_no_interval_and_the_tables_render() -> None:
     text = markdown(summarize_study(RUNS))
     assert "| more | 3e-03 |" not in text and "| more | 0.003 | 3 |" in text
     assert "**61.0**" in text and "+3.0 / +3.0 / +0.0" in text
+    ablation = markdown(summarize_study([*RUNS, _run("more_no_cl", 2023, 1e-3, 62.0, 52.0)]))
+    assert "| more_no_cl | 62.0 | — |" in ablation  # one rate tried: nothing was picked
 
 
 def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> None:
