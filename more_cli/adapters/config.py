@@ -214,13 +214,12 @@ class AdapterConfig(BaseModel):
             if isinstance(self.fixed_ranks, int)
             else list((self.fixed_ranks or {}).values())
         )
-        for rank in ranks:
+        checked = [("fixed_ranks value", rank) for rank in ranks]
+        if self.initial_rank is not None:
+            checked.append(("initial_rank", self.initial_rank))
+        for name, rank in checked:
             if not 1 <= rank <= self.r:
-                raise ValueError(f"fixed_ranks value {rank} must be between 1 and r={self.r}")
-        if self.initial_rank is not None and self.initial_rank > self.r:
-            raise ValueError(
-                f"initial_rank {self.initial_rank} must be between 1 and r={self.r}; lower it"
-            )
+                raise ValueError(f"{name} {rank} must be between 1 and r={self.r}; change it")
         return self
 
     @model_serializer(mode="wrap")

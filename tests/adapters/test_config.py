@@ -144,6 +144,14 @@ def test_an_unknown_kind_is_reported_as_such_not_as_an_inactive_key() -> None:
     assert "no effect" not in str(caught.value)
 
 
-def test_initial_rank_above_r_is_refused() -> None:
-    with pytest.raises(ValidationError, match="initial_rank 9 must be between 1 and r=8"):
-        AdapterConfig(kind="more", r=8, initial_rank=9)
+@pytest.mark.parametrize(
+    ("ranks", "message"),
+    [
+        ({"initial_rank": 9}, "initial_rank 9"),
+        ({"fixed_ranks": 9}, "fixed_ranks value 9"),
+        ({"fixed_ranks": {"a": 2, "b": 0}}, "fixed_ranks value 0"),
+    ],
+)
+def test_a_rank_outside_one_to_r_is_refused_in_the_same_words(ranks: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=f"{message} must be between 1 and r=8; change it"):
+        AdapterConfig(kind="more", r=8, **ranks)
