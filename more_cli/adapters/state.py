@@ -189,11 +189,9 @@ def check_same_adapter(adapter: MultiTaskAdapter, directory: str | Path) -> None
     saved_tasks = description.get("tasks")
     if changed or saved_tasks != adapter.tasks:
         differences = [f"{key} {saved.get(key)} (run: {current.get(key)})" for key in changed]
-        what = (
-            f"settings: {', '.join(differences)}"
-            if changed
-            else f"tasks {saved_tasks} (run: {adapter.tasks})"
-        )
+        if saved_tasks != adapter.tasks:
+            differences.append(f"tasks {saved_tasks} (run: {adapter.tasks})")
+        what = ("settings: " if changed else "") + ", ".join(differences)
         raise UserError(
             f"{path} describes a {saved.get('kind')} adapter with other {what}",
             details=["load only checkpoints written by this run"],
