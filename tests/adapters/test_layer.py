@@ -7,7 +7,7 @@ import torch
 
 from more_cli.adapters import AdapterConfig, inject_adapter
 from tests.adapters.conftest import BUILDERS, model_inputs, output_of, randomize_adapter
-from tests.helpers.kinds import KINDS, adapter_config
+from tests.helpers.kinds import KINDS, MERGEABLE_KINDS, adapter_config
 
 TASKS = ["alpha", "beta", "gamma"]
 
@@ -54,6 +54,50 @@ def test_mixed_task_batch_equals_each_task_alone(family: str, kind: str) -> None
     # Batching order only (mosld's token router adds one more matmul of rounding).
     tolerance = 3e-4 if kind == "mosld" else 1e-4
     torch.testing.assert_close(mixed, alone, atol=tolerance, rtol=tolerance)
+
+
+class OneLinear(torch.nn.Module):
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+@pytest.mark.parametrize("kind", MERGEABLE_KINDS)
+def test_forward_and_gradients_follow_each_tasks_delta_weight(kind: str) -> None:
+    """The layer's forward is ``W x + ΔW_t x`` per sample, in value and in the gradients of
+    the factors: where the layer applies ``scaling`` (or rank scaling, or routing) must not
+    matter. ``delta_weight`` is the independent path (scaling applied to ΔW last)."""
+    torch.manual_seed(0)
+    config = adapter_config(kind, r=4, num_experts=2, dropout=0.0, targets=["proj"])
+    model = OneLinear(12, 10)
+    adapter = inject_adapter(model, config.model_copy(update={"alpha": 3.0}), TASKS)
+    randomize_adapter(adapter)
+    model.eval()
+    layer = adapter.layers["proj"]
+    factors = dict(layer.adapter_parameters())
+    x, task_ids = torch.randn(3, 5, 12), torch.tensor([2, 0, 1])
+
+    def gradients(output: torch.Tensor) -> dict[str, torch.Tensor]:
+        weights = torch.linspace(-1, 1, output.numel()).reshape(output.shape)
+        grads = torch.autograd.grad((output * weights).sum(), list(factors.values()))
+        return dict(zip(factors, grads, strict=True))
+
+    got = model(x, task_ids=task_ids)
+    with torch.no_grad():
+        routing = adapter.routing()
+    expected = torch.stack([
+        layer.base_layer(x[i])
+        + x[i] @ layer.delta_weight(t, None if routing is None else routing[0, t]).T
+        for i, t in enumerate(task_ids.tolist())
+    ])  # fmt: skip
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    got_gradients, expected_gradients = gradients(got), gradients(expected)
+    assert set(got_gradients) >= {"lora_A", "lora_B"}
+    for name, gradient in expected_gradients.items():
+        torch.testing.assert_close(got_gradients[name], gradient, atol=1e-5, rtol=1e-5)
 
 
 def test_tasks_at_different_ranks_give_different_outputs() -> None:
