@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.helpers.tiny import TINY_VOCAB, tiny_bert, tiny_gpt2, tiny_llama, tiny_t5
 
 VOCAB = TINY_VOCAB
 BUILDERS = {"t5": tiny_t5, "llama": tiny_llama, "bert": tiny_bert, "gpt2": tiny_gpt2}
+
+
+class OneLinear(nn.Module):
+    """A model of one linear layer named ``proj``: an adapter on it is one AdapterLayer."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
 
 
 def model_inputs(family: str, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -10,18 +10,9 @@ import torch
 from torch import nn
 
 from more_cli.adapters import AdapterConfig, inject_adapter
-from tests.adapters.conftest import BUILDERS, model_inputs, randomize_adapter
+from tests.adapters.conftest import BUILDERS, OneLinear, model_inputs, randomize_adapter
 
 TASKS = ["alpha", "beta", "gamma"]
-
-
-class OneLinear(nn.Module):
-    def __init__(self, d_in: int, d_out: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(d_in, d_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
 
 
 def single_layer(config: AdapterConfig, d_in: int = 12, d_out: int = 10):

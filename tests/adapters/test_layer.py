@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from more_cli.adapters import AdapterConfig, inject_adapter
-from tests.adapters.conftest import BUILDERS, model_inputs, output_of, randomize_adapter
+from tests.adapters.conftest import (
+    BUILDERS,
+    OneLinear,
+    model_inputs,
+    output_of,
+    randomize_adapter,
+)
 from tests.helpers.kinds import KINDS, MERGEABLE_KINDS, adapter_config
 
 TASKS = ["alpha", "beta", "gamma"]
@@ -54,15 +60,6 @@ def test_mixed_task_batch_equals_each_task_alone(family: str, kind: str) -> None
     # Batching order only (mosld's token router adds one more matmul of rounding).
     tolerance = 3e-4 if kind == "mosld" else 1e-4
     torch.testing.assert_close(mixed, alone, atol=tolerance, rtol=tolerance)
-
-
-class OneLinear(torch.nn.Module):
-    def __init__(self, d_in: int, d_out: int) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(d_in, d_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
 
 
 @pytest.mark.parametrize("kind", MERGEABLE_KINDS)
