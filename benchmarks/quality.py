@@ -102,6 +102,21 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         "initial_rank": RANK,
         "rank_scaling": False,
     },
+    # Candidate fixes on top of that one: it trails LoRA early (48-57 against 58-61 at step
+    # 750), as MoRE with the contrastive loss does; the loss off, or shaping the task
+    # embeddings only.
+    "more_start_full_no_rank_scaling_no_cl": {
+        "kind": "more",
+        "initial_rank": RANK,
+        "rank_scaling": False,
+        "cl_weight": 0.0,
+    },
+    "more_start_full_no_rank_scaling_cl_detached": {
+        "kind": "more",
+        "initial_rank": RANK,
+        "rank_scaling": False,
+        "cl_detach_inputs": True,
+    },
 }
 CONFIGS = METHODS | ABLATIONS
 
