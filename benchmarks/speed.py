@@ -17,6 +17,9 @@ Sections (all ratios are paired, measured side by side in one run, methods inter
   subprocess per method (CPU: peak RSS, reset through ``/proc/self/clear_refs``; CUDA:
   ``torch.cuda.max_memory_allocated``), with the trainable parameter counts.
 - ``scaling``: T5 training step time as the number of tasks grows.
+- ``compile`` (only when asked for: compiling takes minutes): the training step of LoRA,
+  MoRE and PEFT's LoRA under ``torch.compile`` against the same step in eager mode, all
+  interleaved in one run; each compiled model's first (compiling) step is timed apart.
 
 The peer is measured in the same runs (:mod:`benchmarks.peers`): PEFT's LoRA on the same
 layers, r, alpha and dropout, in ``train`` and ``memory`` (one adapter) and in ``infer`` (one
@@ -26,6 +29,7 @@ adapter, ``peft_lora``, and one adapter per task mixed through ``adapter_names``
     python -m benchmarks.speed --quick --threads 1    # 32-token inputs
     python -m benchmarks.speed --threads 1            # 128-token inputs
     python -m benchmarks.speed --device cuda --only train infer
+    python -m benchmarks.speed --quick --threads 1 --only compile
     bash benchmarks/gpu_speed.sh                        # the GPU run in one go, bf16
 """
 
@@ -36,6 +40,7 @@ import gc
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,14 +58,17 @@ from benchmarks.common import (
     inference_call,
     measure,
     summarize,
+    synchronizer,
     write_json,
 )
 from benchmarks.peers import PEERS_TRAIN, peft_forward, peft_model, peft_train_step
 from more_cli.adapters import AdapterConfig, MultiTaskAdapter, inject_adapter
 
 FAMILIES = ("t5", "llama")
-SECTIONS = ("train", "infer", "memory", "scaling")
+SECTIONS = ("train", "infer", "memory", "scaling", "compile")
+DEFAULT_SECTIONS = ("train", "infer", "memory", "scaling")
 SCALING_VARIANTS = ("lora", "more", "moelora", "multilora", "per_task_lora")
+COMPILE_VARIANTS = ("lora", "more")
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux >= 4.0)
 
 
@@ -315,6 +323,64 @@ def bench_scaling(
     return results
 
 
+def bench_compile(
+    settings: Settings, device: torch.device, variants: list[str], clock: str, backend: str
+) -> dict:
+    """Training steps of ``torch.compile(model)`` against the same step in eager mode.
+
+    Per family: ``<variant>`` is eager and ``<variant>_compiled`` compiled, for LoRA, MoRE
+    (when asked for) and PEFT's LoRA, timed in the same interleaved rounds. ``speedup`` holds
+    each compiled step as a paired ratio to its own eager step, ``vs_peft`` every step to
+    PEFT's eager one, and ``compile_seconds`` the wall time of each compiled model's first
+    step (tracing and code generation; excluded from the rounds).
+    """
+    results = {}
+    for family in FAMILIES:
+        batch, task_ids = make_batch(family, settings, settings.tasks, device)
+        calls, compile_seconds = {}, {}
+        names = [v for v in COMPILE_VARIANTS if v in variants] + ["peft_lora"]
+        for variant in names:
+            for compiled in (False, True):
+                if variant == "peft_lora":
+                    model = peft_model(build_base(family, settings).to(device), family, settings.r)
+                    step = peft_train_step(_maybe_compiled(model, compiled, backend), batch)
+                else:
+                    model, adapter = build(family, variant, settings, settings.tasks, device)
+                    forward = _maybe_compiled(model, compiled, backend)
+                    step = train_step(forward, adapter, batch, task_ids)
+                name = f"{variant}_compiled" if compiled else variant
+                if compiled:
+                    start = time.perf_counter()
+                    step()
+                    synchronizer(device)()
+                    compile_seconds[name] = time.perf_counter() - start
+                calls[name] = step
+        seconds = measure(calls, settings.rounds, settings.warmup, device, clock)
+        speedup = {}
+        for variant in names:
+            pair = {n: seconds[n] for n in (variant, f"{variant}_compiled")}
+            speedup[variant] = summarize(pair, variant)[f"{variant}_compiled"]
+        results[family] = {
+            "vs_peft": summarize(seconds, "peft_lora"),
+            "speedup": speedup,
+            "compile_seconds": compile_seconds,
+        }
+        print(f"\n### compiled training step, {family} (backend {backend})\n")
+        print(format_table(results[family]["vs_peft"], "peft_lora"))
+        for variant, row in speedup.items():
+            print(f"{variant}: compiled / eager {row['ratio']:.3f} "
+                  f"(IQR {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f}), "
+                  f"first step {compile_seconds[variant + '_compiled']:.0f} s")  # fmt: skip
+        del calls
+        gc.collect()
+        torch._dynamo.reset()
+    return results
+
+
+def _maybe_compiled(model: torch.nn.Module, compiled: bool, backend: str) -> torch.nn.Module:
+    return torch.compile(model, backend=backend) if compiled else model
+
+
 def plot_train(train: dict, path: Path) -> None:
     fig = Figure(figsize=(5 * len(train), 3.6))
     axes = fig.subplots(1, len(train), squeeze=False)
@@ -362,7 +428,17 @@ def main(argv: list[str] | None = None) -> None:
     preset.add_argument("--quick", action="store_true", help="shallower models, short batches")
     preset.add_argument("--smoke", action="store_true", help="tiny sizes for the smoke test")
     add_timing_arguments(parser)
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(DEFAULT_SECTIONS),
+        help="sections to run (default: all but compile)",
+    )
+    parser.add_argument(
+        "--compile-backend", default="inductor",
+        help="torch.compile backend of the compile section (aot_eager: no C++ toolchain)",
+    )  # fmt: skip
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
         help="adapter set-ups to compare; lora, the reference, is always kept",
@@ -405,8 +481,17 @@ def main(argv: list[str] | None = None) -> None:
     if "scaling" in args.only:
         results["scaling"] = bench_scaling(settings, device, variants, args.clock)
         plot_scaling(results["scaling"], args.out_dir / f"speed_scaling{suffix}.png")
-    results["load_average_1m_end"] = environment(device)["load_average_1m"]
-    write_json(args.out_dir / f"speed{suffix}.json", results)
+    if set(args.only) & set(DEFAULT_SECTIONS):
+        results["load_average_1m_end"] = environment(device)["load_average_1m"]
+        write_json(args.out_dir / f"speed{suffix}.json", results)
+    if "compile" in args.only:  # its own file: it is run on its own, compiling takes minutes
+        compiled = bench_compile(settings, device, variants, args.clock, args.compile_backend)
+        write_json(
+            args.out_dir / f"speed_compile{suffix}.json",
+            {key: results[key] for key in ("mode", "settings", "environment")}
+            | {"backend": args.compile_backend, "compile": compiled}
+            | {"load_average_1m_end": environment(device)["load_average_1m"]},
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """torch.compile: an adapted model compiles as one graph (``fullgraph=True``: no graph break
 in the adapter layers, the task-id hook or the routing) and computes what eager mode does,
 in eval and in training (gradients). The ``aot_eager`` backend traces exactly what inductor
-would compile, without a C++ toolchain; the speed-up is measured in benchmarks/speed.py."""
+would compile, without a C++ toolchain; the speed-up is measured by ``python -m
+benchmarks.speed --only compile``."""
 
 from __future__ import annotations
 

@@ -42,6 +42,19 @@ def test_speed_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "speed_train_smoke.png").exists()
 
 
+def test_speed_compile_smoke(tmp_path: Path) -> None:
+    _run("benchmarks.speed", "--smoke", "--threads", "1", "--only", "compile",
+         "--compile-backend", "aot_eager", "--out-dir", str(tmp_path))  # fmt: skip
+    assert not (tmp_path / "speed_smoke.json").exists()  # the other sections' file is kept
+    results = json.loads((tmp_path / "speed_compile_smoke.json").read_text())["compile"]
+    for family in ("t5", "llama"):
+        assert set(results[family]["speedup"]) == {"lora", "more", "peft_lora"}
+        assert set(results[family]["vs_peft"]) == {
+            f"{v}{c}" for v in ("lora", "more", "peft_lora") for c in ("", "_compiled")
+        }
+        assert min(results[family]["compile_seconds"].values()) > 0
+
+
 def test_integrity_smoke(tmp_path: Path) -> None:
     out = tmp_path / "integrity.json"
     _run("benchmarks.integrity", "--layers", "1", "--rounds", "1", "--out", str(out))
