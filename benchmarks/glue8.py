@@ -26,6 +26,7 @@ rewritten after every run, so a stopped study keeps what it finished.
     python -m benchmarks.glue8 --stage test                # 5 methods x 2 more seeds
     python -m benchmarks.glue8 --stage select --configs lora more --lrs 1e-3
     python -m benchmarks.glue8 --stage select --runs lora@3e-4 more@3e-3   # in this order
+    python -m benchmarks.glue8 --stage test --runs more_no_cl@3e-4 --seeds 2024
     python -m benchmarks.glue8 --report                    # tables from the JSON
     python -m benchmarks.glue8 --calibration RUN_DIR ...   # record calibration runs
 
@@ -286,6 +287,26 @@ def calibration_markdown(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def wanted_runs(
+    args: argparse.Namespace, kept: Sequence[dict[str, Any]]
+) -> list[tuple[str, int, float]]:
+    """``(config, seed, lr)`` of every run the invocation asks for, finished or not.
+
+    The test stage trains each config at the rate its selection run picked; with ``--runs``
+    at the rate given instead, which is how an ablation's test seeds can run beside its
+    selection run (the ablations run at the rate MoRE picked; what is kept as the default is
+    still decided on ``val_select``)."""
+    if args.stage == "select":
+        return [(c, SELECT_SEED, lr) for c, lr in args.runs or selection_grid(args)]
+    if args.runs:
+        return [(c, seed, lr) for seed in args.seeds for c, lr in args.runs]
+    picked = picked_lrs(kept)
+    missing = [c for c in args.configs if c not in picked]
+    if missing:
+        sys.exit(f"error: no selection run for {', '.join(missing)}; run --stage select first")
+    return [(c, seed, picked[c]) for seed in args.seeds for c in args.configs]
+
+
 def selection_grid(args: argparse.Namespace) -> list[tuple[str, float]]:
     """Every named config at every named rate, rate by rate."""
     return [(config, lr) for lr in args.lrs for config in args.configs]
@@ -310,8 +331,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=METHOD_CONFIGS)
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID))
     parser.add_argument(
-        "--runs", type=config_at_rate, nargs="+", metavar="CONFIG@LR",
-        help="selection runs to train, in this order (instead of --configs x --lrs)",
+        "--runs",
+        type=config_at_rate,
+        nargs="+",
+        metavar="CONFIG@LR",
+        help="runs to train, in this order (instead of --configs x --lrs); with --stage test "
+        "their test seeds at that rate, before their selection run has finished",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", choices=TEST_SEEDS, default=list(TEST_SEEDS),
+        help="--stage test: the seeds to train (default both)",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=SETTINGS.steps)
     parser.add_argument("--glue-dir", type=Path, default=DEFAULT_GLUE_DIR)
@@ -344,17 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     kept = kept_runs(args.out, payload)
     done = {(r["config"], r["seed"], r["lr"]) for r in kept}
     work = args.work_dir.resolve()
-    if args.stage == "select":
-        wanted = [(c, SELECT_SEED, lr) for c, lr in args.runs or selection_grid(args)]
-    else:
-        picked = picked_lrs(kept)
-        missing = [c for c in args.configs if c not in picked]
-        if missing:
-            sys.exit(f"error: no selection run for {', '.join(missing)}; run --stage select first")
-        wanted = [(c, seed, picked[c]) for seed in TEST_SEEDS for c in args.configs]
     jobs = [
         job(config, seed, lr, settings, glue_dir, work)
-        for config, seed, lr in wanted
+        for config, seed, lr in wanted_runs(args, kept)
         if (config, seed, lr) not in done
     ]
     print(f"{len(kept)} runs kept from {args.out}, {len(jobs)} to train", flush=True)

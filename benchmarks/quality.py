@@ -51,6 +51,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from more_cli.adapters.config import with_legacy_defaults  # noqa: E402
 from more_cli.recipe import Recipe  # noqa: E402
 from more_cli.recipe_io import load_recipe  # noqa: E402
 from more_cli.router_history import read_history
@@ -69,50 +70,56 @@ HEADLINE_NAMES = {
 }
 RANK, ALPHA = 8, 32
 
+# MoRE as the paper defines it: the random initial gate's ranks, linear rank scaling (the
+# project's defaults until 2026-12-03). Every MoRE row is this plus its own change, so a
+# later move of the shipped defaults never changes what a row measures or which committed
+# results an invocation may keep.
+PAPER_MORE: dict[str, Any] = {"kind": "more", "initial_rank": "random", "rank_scaling": True}
+
 # Adapter fields of each configuration on top of r, alpha, dropout and targets.
 METHODS: dict[str, dict[str, Any]] = {
     "lora": {"kind": "lora"},
-    "more": {"kind": "more"},
+    "more": PAPER_MORE,
     "multilora": {"kind": "multilora"},
     "moelora": {"kind": "moelora"},
     "mosld": {"kind": "mosld"},
     "per_task_lora": {"kind": "per_task_lora"},
 }
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "more_no_rank_scaling": {"kind": "more", "rank_scaling": False},
-    "more_no_cl": {"kind": "more", "cl_weight": 0.0},
-    "more_frozen_router": {"kind": "more", "router": "frozen_random"},
-    "more_shared_embedding": {"kind": "more", "task_embedding": "shared"},
+    "more_no_rank_scaling": PAPER_MORE | {"rank_scaling": False},
+    "more_no_cl": PAPER_MORE | {"cl_weight": 0.0},
+    "more_frozen_router": PAPER_MORE | {"router": "frozen_random"},
+    "more_shared_embedding": PAPER_MORE | {"task_embedding": "shared"},
     # Candidate fix: the gates saturate within the first evaluation period at the full rate.
-    "more_slow_router": {"kind": "more", "router_lr_scale": 0.1},
+    "more_slow_router": PAPER_MORE | {"router_lr_scale": 0.1},
     # Diagnostic: every task forced to rank r, so the router truncates nothing; rank scaling
     # and the contrastive loss stay. Against `more` it measures what the chosen ranks cost.
-    "more_full_rank": {"kind": "more", "fixed_ranks": RANK},
+    "more_full_rank": PAPER_MORE | {"fixed_ranks": RANK},
     # Candidate fix: every task starts at rank r (the gate biases favour it) and the live
     # router prunes from there, instead of keeping the random initial gate's spread of ranks.
-    "more_start_full": {"kind": "more", "initial_rank": RANK},
+    "more_start_full": PAPER_MORE | {"initial_rank": RANK},
     # Candidate fix: the contrastive loss shapes the task embeddings only, never the model's
     # hidden states; and the two candidates that helped early (start at rank r, no loss).
-    "more_cl_detached": {"kind": "more", "cl_detach_inputs": True},
-    "more_start_full_no_cl": {"kind": "more", "initial_rank": RANK, "cl_weight": 0.0},
+    "more_cl_detached": PAPER_MORE | {"cl_detach_inputs": True},
+    "more_start_full_no_cl": PAPER_MORE | {"initial_rank": RANK, "cl_weight": 0.0},
     # Candidate fix: with rank scaling a (layer, task) at rank 1-3 is nearly unadapted (its
     # update is 1-12 % of LoRA's, benchmarks/update_norms.py); start at rank r without it.
-    "more_start_full_no_rank_scaling": {
-        "kind": "more",
+    "more_start_full_no_rank_scaling": PAPER_MORE
+    | {
         "initial_rank": RANK,
         "rank_scaling": False,
     },
     # Candidate fixes on top of that one: it trails LoRA early (48-57 against 58-61 at step
     # 750), as MoRE with the contrastive loss does; the loss off, or shaping the task
     # embeddings only.
-    "more_start_full_no_rank_scaling_no_cl": {
-        "kind": "more",
+    "more_start_full_no_rank_scaling_no_cl": PAPER_MORE
+    | {
         "initial_rank": RANK,
         "rank_scaling": False,
         "cl_weight": 0.0,
     },
-    "more_start_full_no_rank_scaling_cl_detached": {
-        "kind": "more",
+    "more_start_full_no_rank_scaling_cl_detached": PAPER_MORE
+    | {
         "initial_rank": RANK,
         "rank_scaling": False,
         "cl_detach_inputs": True,
@@ -319,11 +326,16 @@ def kept_runs(out_path: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
     payload = json.loads(json.dumps(payload))
     if earlier.get("settings") != payload["settings"] or earlier.get("tasks") != payload["tasks"]:
         return []
+    # A MoRE row of a JSON written before PAPER_MORE was spelled out used the defaults of
+    # its day, which PAPER_MORE names.
+    configs = {
+        name: with_legacy_defaults(config) for name, config in earlier.get("configs", {}).items()
+    }
     return [
         run | {"reused": True}
         for run in earlier.get("runs", [])
         if run["config"] in payload["configs"]
-        and earlier.get("configs", {}).get(run["config"]) == payload["configs"][run["config"]]
+        and configs.get(run["config"]) == payload["configs"][run["config"]]
     ]
 
 

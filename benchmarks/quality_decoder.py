@@ -30,6 +30,7 @@ import torch
 from benchmarks.common import environment
 from benchmarks.quality import (
     ALPHA,
+    PAPER_MORE,
     RANK,
     REPO_ROOT,
     Group,
@@ -48,7 +49,7 @@ from more_cli.recipe import Recipe
 from more_cli.rundir import read_json
 
 TASKS = ("sst2", "cola")
-CONFIGS: dict[str, dict[str, Any]] = {"lora": {"kind": "lora"}, "more": {"kind": "more"}}
+CONFIGS: dict[str, dict[str, Any]] = {"lora": {"kind": "lora"}, "more": PAPER_MORE}
 PRESETS = {
     "full": Settings(200, (2023,), 1000, 300, 8, 1e-3, 64),
     "quick": Settings(60, (2023,), 1000, 100, 8, 1e-3, 64),

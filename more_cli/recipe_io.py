@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from yaml.constructor import ConstructorError
 
-from more_cli.adapters.config import KIND_FIELDS, without_inactive
+from more_cli.adapters.config import KIND_FIELDS, with_legacy_defaults, without_inactive
 from more_cli.errors import UserError
 from more_cli.recipe import Recipe
 from more_cli.rundir import atomic_write_text
@@ -85,7 +85,9 @@ def load_recipe(
         resolved: ``path`` is a run's ``recipe.resolved.yaml``. Runs written before adapter
             format 2 hold every adapter key whatever the kind; those the kind does not read
             are dropped, and such a ``multilora`` (then: one LoRA per task) is read as
-            ``per_task_lora``.
+            ``per_task_lora``. A MoRE run from before MoRE's defaults moved (no
+            ``initial_rank``, or null) is read with the settings it was trained with
+            (:func:`~more_cli.adapters.config.with_legacy_defaults`).
 
     Returns:
         The validated recipe.
@@ -127,11 +129,11 @@ def _upgraded_resolved(data: dict[str, Any]) -> dict[str, Any]:
     adapter = data.get("adapter")
     if not isinstance(adapter, dict):
         return data
-    if without_inactive(adapter) == adapter:
-        return data  # written by format 2: only keys in force
-    if adapter.get("kind") == "multilora":
-        adapter = adapter | {"kind": "per_task_lora"}
-    return data | {"adapter": without_inactive(adapter)}
+    if without_inactive(adapter) != adapter:  # written before format 2: every key
+        if adapter.get("kind") == "multilora":
+            adapter = adapter | {"kind": "per_task_lora"}
+        adapter = without_inactive(adapter)
+    return data | {"adapter": with_legacy_defaults(adapter)}
 
 
 def dump_resolved(recipe: Recipe, path: Path) -> None:

@@ -29,12 +29,12 @@ TARGET_PRESETS: dict[str, list[str]] = {
 
 # The fields that only some kinds read, with their default for those kinds.
 KIND_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "rank_scaling": (("more",), True),
+    "rank_scaling": (("more",), False),
     "task_embedding": (("more",), "per_layer"),
     "task_embedding_dim": (("more", "moelora"), 64),
     "router": (("more",), "ste"),
     "fixed_ranks": (("more",), None),
-    "initial_rank": (("more",), None),
+    "initial_rank": (("more",), "full"),
     "router_lr_scale": (("more",), 1.0),
     "cl_weight": (("more",), 0.1),
     "cl_temperature": (("more",), 0.05),
@@ -61,6 +61,21 @@ def without_inactive(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` (an adapter config as a dict) without the kind-specific keys its kind does
     not read."""
     return {k: v for k, v in config.items() if k not in KIND_FIELDS or applies_to(k, config)}
+
+
+def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A MoRE config written before MoRE's defaults moved (adapter format 3 and older, runs
+    before 2026-12-03), with the settings it was trained with spelled out.
+
+    Those versions wrote ``initial_rank`` as null or not at all, meaning the random initial
+    gate's choice, and rank scaling was on unless the config said otherwise. Read through
+    today's defaults the same config would mean another adapter. Other kinds, and configs
+    that name both keys, are returned as they are.
+    """
+    if config.get("kind", "more") != "more":
+        return config
+    legacy = {"initial_rank": "random", "rank_scaling": True}
+    return config | {key: value for key, value in legacy.items() if config.get(key) is None}
 
 
 def _inactive_message(field: str, kind: str) -> str:
@@ -102,8 +117,9 @@ class AdapterConfig(BaseModel):
     )
     rank_scaling: bool | None = Field(
         None,
-        description="more (default true): linear rank scaling, component i is scaled by "
-        "(i+1)/r on A and B, so the components shared by all experts move least.",
+        description="more (default false): true = the paper's linear rank scaling, component "
+        "i is scaled by (i+1)/r on A and B, so the components shared by all experts move "
+        "least (and a task routed to rank 1-3 is nearly unadapted).",
     )
     task_embedding: Literal["per_layer", "shared"] | None = Field(
         None,
@@ -129,14 +145,13 @@ class AdapterConfig(BaseModel):
         description="more: force ranks instead of routing, one rank for every task or "
         "{task: rank}. For ablations and tests.",
     )
-    initial_rank: int | None = Field(
+    initial_rank: int | Literal["full", "random"] | None = Field(
         None,
-        ge=1,
-        le=1024,
-        description="more: the rank every task starts at; the gate biases are set so that "
-        "this expert has at least 0.75 of each gate's probability, and the router moves "
-        "from there (default: the random initial gate's choice). initial_rank: r starts "
-        "every task at the full LoRA.",
+        description="more (default full; random with router frozen_random): the rank every "
+        "task starts at, full = r (the whole LoRA, which the router then prunes) or a number "
+        "from 1 to r; the gate biases are set so that this expert has at least 0.75 of each "
+        "gate's probability, and the router moves from there. random = the random initial "
+        "gate's choice, as in the paper.",
     )
     router_lr_scale: float | None = Field(
         None,
@@ -190,6 +205,9 @@ class AdapterConfig(BaseModel):
         if not isinstance(data, dict) or data.get("kind", "more") not in get_args(AdapterKind):
             return data  # an unknown kind is reported by the field's own check
         data = dict(data)
+        more = data.get("kind", "more") == "more"
+        if more and data.get("router") == "frozen_random" and data.get("initial_rank") is None:
+            data["initial_rank"] = "random"  # frozen at the random gate's choice, as released
         for field, (_, default) in KIND_FIELDS.items():
             if applies_to(field, data):
                 if data.get(field) is None:
@@ -215,7 +233,7 @@ class AdapterConfig(BaseModel):
             else list((self.fixed_ranks or {}).values())
         )
         checked = [("fixed_ranks value", rank) for rank in ranks]
-        if self.initial_rank is not None:
+        if isinstance(self.initial_rank, int):
             checked.append(("initial_rank", self.initial_rank))
         for name, rank in checked:
             if not 1 <= rank <= self.r:
@@ -229,6 +247,13 @@ class AdapterConfig(BaseModel):
     @property
     def scaling(self) -> float:
         return self.alpha / self.r
+
+    @property
+    def start_rank(self) -> int | None:
+        """The rank the router starts every task at; None = the random initial gate's."""
+        if self.initial_rank == "full":
+            return self.r
+        return None if self.initial_rank in (None, "random") else self.initial_rank
 
     @property
     def contrastive(self) -> bool:

@@ -92,8 +92,8 @@ class Router(nn.Module):
         order = [i for layers in self.group_layers for i in layers]
         self.register_buffer("_layer_order", torch.argsort(torch.tensor(order)), persistent=False)
         self.register_buffer("fixed_ranks", self._fixed_rank_table(config, tasks))
-        if config.initial_rank is not None:
-            self._start_at_rank(config.initial_rank)
+        if config.start_rank is not None:
+            self._start_at_rank(config.start_rank)
         if config.router == "frozen_random":
             self._freeze_at_initial_choice()
         if bool((self.fixed_ranks > 0).all()):

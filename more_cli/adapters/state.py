@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from more_cli.adapters.config import AdapterConfig, without_inactive
+from more_cli.adapters.config import AdapterConfig, with_legacy_defaults, without_inactive
 from more_cli.adapters.injection import MultiTaskAdapter, inject_adapter
 from more_cli.atomic import atomic_write_bytes
 from more_cli.errors import UserError
@@ -30,7 +30,9 @@ from more_cli.sharded import copy_whole_into, whole
 # 2: baselines rebuilt as their papers define them (multilora is MultiLoRA, the old per-task
 # LoRA is per_task_lora; moelora and mosld changed shape); config keys a kind does not read
 # are no longer written. 3: files renamed away from PEFT's names, SHA256SUMS manifest.
-FORMAT_VERSION = 3
+# 4: MoRE's defaults moved (initial_rank full, rank_scaling false); initial_rank may be
+# full or random, so older versions must not read it.
+FORMAT_VERSION = 4
 CONFIG_FILE = "more_adapter.json"
 WEIGHTS_FILE = "more_adapter.safetensors"
 LEGACY_FILES = {CONFIG_FILE: "adapter_config.json", WEIGHTS_FILE: "adapter_model.safetensors"}
@@ -90,7 +92,8 @@ def save_adapter(
 
 
 def read_description(directory: str | Path) -> dict:
-    """The adapter JSON of ``directory``, checked for presence, syntax and format version."""
+    """The adapter JSON of ``directory``, checked for presence, syntax and format version;
+    a config from an older format is returned in today's terms."""
     path = adapter_file(directory, CONFIG_FILE)
     if not path.is_file():
         raise UserError(f"{path} not found; point at a folder written by `more train` or save()")
@@ -106,7 +109,12 @@ def read_description(directory: str | Path) -> dict:
             f"{path} has format version {version}, newer than this more understands "
             f"({FORMAT_VERSION}); upgrade more"
         )
-    return _upgraded(description, path) if version < 2 else description
+    if version < 2:
+        description = _upgraded(description, path)
+    config = description.get("config")
+    if version < 4 and isinstance(config, dict):
+        description = description | {"config": with_legacy_defaults(config)}
+    return description
 
 
 def _upgraded(description: dict, path: Path) -> dict:

@@ -112,6 +112,38 @@ def test_a_run_recipe_from_before_format_2_still_loads(tmp_path) -> None:
     )
 
 
+def test_mores_defaults_start_at_full_rank_without_rank_scaling() -> None:
+    config = AdapterConfig(kind="more", r=6)
+    assert (config.initial_rank, config.start_rank, config.rank_scaling) == ("full", 6, False)
+    assert AdapterConfig(kind="more", initial_rank="random").start_rank is None
+    assert AdapterConfig(kind="more", initial_rank=3).start_rank == 3
+    # The frozen router reproduces the released code: frozen at the random gate's choice.
+    assert AdapterConfig(kind="more", router="frozen_random").initial_rank == "random"
+    assert AdapterConfig(kind="more", router="frozen_random", initial_rank=2).start_rank == 2
+    with pytest.raises(ValidationError, match="'full' or 'random'"):
+        AdapterConfig(kind="more", initial_rank="half")
+
+
+@pytest.mark.parametrize("written", [{"initial_rank": None}, {}])
+def test_a_run_recipe_from_before_the_defaults_moved_keeps_its_settings(
+    tmp_path, written: dict
+) -> None:
+    """Until 2026-12-03 a resolved MoRE recipe held initial_rank null (the random gate's
+    choice) and rank_scaling true; read through today's defaults it would be another run."""
+    old = {
+        "model": {"name": "m"},
+        "adapter": {"kind": "more", "r": 4, "rank_scaling": True} | written,
+        "tasks": [{"name": "rte"}],
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(old))
+    resolved = load_recipe(tmp_path / "r.yaml", resolved=True).adapter
+    assert resolved == AdapterConfig(kind="more", r=4, initial_rank="random", rank_scaling=True)
+    assert load_recipe(tmp_path / "r.yaml").adapter.initial_rank == "full"  # a new recipe
+    without_scaling = old | {"adapter": {"kind": "more", "r": 4} | written}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(without_scaling))
+    assert load_recipe(tmp_path / "r.yaml", resolved=True).adapter.rank_scaling is True
+
+
 def format_1(tmp_path, kind: str, config: AdapterConfig) -> None:
     """Rewrite a saved adapter folder as format 1 wrote it: kind as then named, every key."""
     every_key = {field: default for field, (_, default) in KIND_FIELDS.items()}

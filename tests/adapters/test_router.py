@@ -13,7 +13,9 @@ TASKS = ["alpha", "beta", "gamma"]
 
 def test_forward_uses_exactly_the_hard_choice() -> None:
     model = BUILDERS["llama"]()
-    adapter = inject_adapter(model, AdapterConfig(kind="more", r=4, dropout=0.0), TASKS)
+    # The paper's MoRE: random initial ranks (so the choice varies), rank scaling on.
+    config = AdapterConfig(kind="more", r=4, dropout=0.0, initial_rank="random", rank_scaling=True)
+    adapter = inject_adapter(model, config, TASKS)
     randomize_adapter(adapter)
     routing = adapter.routing()
     ranks = adapter.router.chosen_ranks()
@@ -94,7 +96,7 @@ def test_initial_rank_starts_every_task_there_with_an_unsaturated_gate(
     layout: str, rank: int
 ) -> None:
     routers = {}
-    for start in (None, rank):
+    for start in ("random", rank):
         torch.manual_seed(0)
         config = AdapterConfig(kind="more", r=8, initial_rank=start, task_embedding=layout)
         routers[start] = inject_adapter(BUILDERS["bert"](), config, TASKS).router
@@ -102,11 +104,29 @@ def test_initial_rank_starts_every_task_there_with_an_unsaturated_gate(
     assert torch.equal(router.chosen_ranks(), torch.full_like(router.chosen_ranks(), rank))
     confidence = router.confidence()
     assert bool((confidence >= 0.75 - 1e-6).all()) and bool((confidence < 0.999).all())
-    # Only the biases moved: the same seed without initial_rank has the same gate weights.
-    for a, b in zip(routers[None].groups, router.groups, strict=True):
+    # Only the biases moved: the same seed with a random start has the same gate weights.
+    for a, b in zip(routers["random"].groups, router.groups, strict=True):
         assert torch.equal(a.gate_weight, b.gate_weight)
         changed = (a.gate_bias != b.gate_bias).any(0)
         assert changed.nonzero().flatten().tolist() in ([], [rank - 1])
+
+
+def test_by_default_every_task_starts_at_rank_r() -> None:
+    adapter = inject_adapter(BUILDERS["t5"](), AdapterConfig(kind="more", r=4), TASKS)
+    assert set(adapter.router.chosen_ranks().flatten().tolist()) == {4}
+    paper = AdapterConfig(kind="more", r=4, initial_rank="random")
+    torch.manual_seed(0)
+    assert (
+        len(
+            set(
+                inject_adapter(BUILDERS["t5"](), paper, TASKS)
+                .router.chosen_ranks()
+                .flatten()
+                .tolist()
+            )
+        )
+        > 1
+    )
 
 
 def test_initial_rank_keeps_the_router_live() -> None:

@@ -180,3 +180,38 @@ def test_a_folder_saved_before_a_key_existed_is_still_the_same_adapter(tmp_path)
     other = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4, cl_detach_inputs=True), TASKS)
     with pytest.raises(UserError, match=r"other settings: cl_detach_inputs False \(run: True\)"):
         check_same_adapter(other, tmp_path)
+
+
+@pytest.mark.parametrize("drop", [("initial_rank",), ("initial_rank", "rank_scaling")])
+def test_a_format_3_more_adapter_keeps_the_settings_it_was_trained_with(
+    tmp_path, drop: tuple[str, ...]
+) -> None:
+    """Format 3 wrote initial_rank null or not at all (the random gate's choice), with rank
+    scaling on unless it said otherwise: the defaults of its day, not today's."""
+    torch.manual_seed(0)
+    model = BUILDERS["t5"]()
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    paper = AdapterConfig(r=4, initial_rank="random", rank_scaling=True)
+    adapter = inject_adapter(model, paper, TASKS)
+    randomize_adapter(adapter)
+    save_adapter(adapter, tmp_path)
+    path = tmp_path / CONFIG_FILE
+    description = json.loads(path.read_text())
+    description["format_version"] = 3
+    for key in drop:
+        description["config"].pop(key)
+    path.write_text(json.dumps(description))
+    write_manifest(tmp_path)
+    check_same_adapter(adapter, tmp_path)
+    fresh = BUILDERS["t5"]()
+    fresh.load_state_dict(base_state)
+    assert load_adapter(fresh, tmp_path).config == paper
+    inputs = model_inputs("t5", batch=2)
+    with torch.no_grad():
+        assert torch.equal(
+            output_of(fresh, inputs, task_ids=torch.tensor([0, 1])),
+            output_of(model, inputs, task_ids=torch.tensor([0, 1])),
+        )
+    today = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4), TASKS)
+    with pytest.raises(UserError, match="initial_rank random \\(run: full\\)"):
+        check_same_adapter(today, tmp_path)

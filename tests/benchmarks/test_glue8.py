@@ -110,6 +110,22 @@ def test_runs_are_named_config_at_rate() -> None:
             config_at_rate(bad)
 
 
+def test_the_test_stage_trains_the_picked_rate_or_the_named_one() -> None:
+    import argparse
+
+    from benchmarks.glue8 import wanted_runs
+
+    kept = [_run("lora", 2023, 3e-4, 66.0, 65.0), _run("lora", 2023, 1e-3, 40.0, 39.0)]
+    test = argparse.Namespace(stage="test", runs=None, configs=["lora"], seeds=[2024, 2025])
+    assert wanted_runs(test, kept) == [("lora", 2024, 3e-4), ("lora", 2025, 3e-4)]
+    named = argparse.Namespace(stage="test", runs=[("more", 3e-4)], configs=[], seeds=[2025])
+    assert wanted_runs(named, []) == [("more", 2025, 3e-4)]
+    with pytest.raises(SystemExit, match="no selection run for more"):
+        wanted_runs(
+            argparse.Namespace(stage="test", runs=None, configs=["more"], seeds=[2024]), kept
+        )
+
+
 def test_curves_show_each_evaluation_and_the_router_at_it() -> None:
     from benchmarks.glue8 import curves_markdown
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.quality import kept_runs, training_curve
+from benchmarks.quality import PAPER_MORE, kept_runs, training_curve
 from more_cli.rundir import RunDir
 
 
 def _payload(steps: int = 400, configs: dict | None = None) -> dict:
-    configs = configs or {"lora": {"kind": "lora"}, "more": {"kind": "more"}}
+    configs = configs or {"lora": {"kind": "lora"}, "more": PAPER_MORE}
     return {"tasks": ["rte"], "settings": {"steps": steps}, "configs": configs}
 
 
@@ -29,9 +29,19 @@ def test_runs_of_the_same_settings_and_configuration_are_kept(tmp_path: Path) ->
         ("lora", 1, True), ("more", 1, True),
     ]  # fmt: skip
     assert kept_runs(out, _payload(steps=100)) == []  # other settings: nothing kept
-    changed = _payload(configs={"lora": {"kind": "lora"}, "more": {"kind": "more", "r": 4}})
+    changed = _payload(configs={"lora": {"kind": "lora"}, "more": PAPER_MORE | {"r": 4}})
     assert [r["config"] for r in kept_runs(out, changed)] == ["lora"]
     assert kept_runs(tmp_path / "missing.json", _payload()) == []
+
+
+def test_a_more_row_written_before_the_defaults_moved_is_the_papers_more(tmp_path: Path) -> None:
+    """Such a JSON says only {"kind": "more"}: the paper's MoRE then, not today's default."""
+    out = tmp_path / "quality.json"
+    old = {"lora": {"kind": "lora"}, "more": {"kind": "more"}}
+    out.write_text(json.dumps(_payload(configs=old) | {"runs": [_run("more", 1)]}))
+    assert [r["config"] for r in kept_runs(out, _payload())] == ["more"]
+    today = _payload(configs={"more": {"kind": "more"}})
+    assert kept_runs(out, today) == []
 
 
 def test_settings_with_tuples_match_their_json_form(tmp_path: Path) -> None:

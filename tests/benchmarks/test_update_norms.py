@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
 import torch
 
 from benchmarks.update_norms import markdown, update_norms
@@ -20,15 +21,17 @@ def _adapter(**config):
     return adapter
 
 
-def test_norms_follow_the_rank_scaled_factors_of_each_chosen_rank() -> None:
-    adapter = _adapter(kind="more")
+@pytest.mark.parametrize("rank_scaling", [True, False])
+def test_norms_follow_the_factors_of_each_chosen_rank(rank_scaling: bool) -> None:
+    adapter = _adapter(kind="more", initial_rank="random", rank_scaling=rank_scaling)
     result = update_norms(adapter)
     ranks = adapter.chosen_ranks()
     expected: dict[int, list[float]] = {}
     for task in TASKS:
         for name, layer in adapter.layers.items():
             k = ranks[task][name]
-            s2 = (torch.arange(1, layer.r + 1, dtype=torch.float32) / layer.r)[:k] ** 2
+            s = torch.arange(1, layer.r + 1, dtype=torch.float32) / layer.r
+            s2 = (s if rank_scaling else torch.ones_like(s))[:k] ** 2
             delta = layer.scaling * layer.lora_B[:, :k] @ torch.diag(s2) @ layer.lora_A[:k]
             expected.setdefault(k, []).append(delta.detach().norm().item())
     assert set(result["by_rank"]) == {str(k) for k in expected}
