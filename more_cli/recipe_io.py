@@ -16,7 +16,7 @@ import reprlib
 import types
 from collections.abc import Sequence
 from pathlib import Path, PurePath
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -399,6 +399,8 @@ def _describe(annotation: Any, plural: bool = False) -> str:
     """A type as a recipe writer reads it: 'an integer', 'one of nf4, fp4', ..."""
     origin = get_origin(annotation)
     args = get_args(annotation)
+    if origin is Annotated:  # a constrained type (StrictInt, ...) reads as the type itself
+        return _describe(args[0], plural)
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a, plural) for a in args)
     if origin is Literal:

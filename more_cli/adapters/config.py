@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    model_serializer,
+    model_validator,
+)
 
 AdapterKind = Literal["more", "lora", "per_task_lora", "multilora", "moelora", "mosld"]
 
@@ -145,7 +152,7 @@ class AdapterConfig(BaseModel):
         description="more: force ranks instead of routing, one rank for every task or "
         "{task: rank}. For ablations and tests.",
     )
-    initial_rank: int | Literal["full", "random"] | None = Field(
+    initial_rank: StrictInt | Literal["full", "random"] | None = Field(
         None,
         description="more (default full; random with router frozen_random): the rank every "
         "task starts at, full = r (the whole LoRA, which the router then prunes) or a number "

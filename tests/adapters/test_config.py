@@ -120,8 +120,9 @@ def test_mores_defaults_start_at_full_rank_without_rank_scaling() -> None:
     # The frozen router reproduces the released code: frozen at the random gate's choice.
     assert AdapterConfig(kind="more", router="frozen_random").initial_rank == "random"
     assert AdapterConfig(kind="more", router="frozen_random", initial_rank=2).start_rank == 2
-    with pytest.raises(ValidationError, match="'full' or 'random'"):
-        AdapterConfig(kind="more", initial_rank="half")
+    for wrong in ("half", True, 2.0):  # no silent rank 1 from a YAML `yes`
+        with pytest.raises(ValidationError, match="'full' or 'random'"):
+            AdapterConfig(kind="more", initial_rank=wrong)
 
 
 @pytest.mark.parametrize("written", [{"initial_rank": None}, {}])
