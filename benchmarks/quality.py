@@ -316,9 +316,11 @@ def kept_runs(out_path: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
     if earlier.get("settings") != payload["settings"] or earlier.get("tasks") != payload["tasks"]:
         return []
     # A MoRE row of a JSON written before PAPER_MORE was spelled out used the defaults of
-    # its day, which PAPER_MORE names.
+    # its day, which PAPER_MORE names. (Suites whose configurations are not adapter configs,
+    # with no "kind", compare them as they are.)
     configs = {
-        name: with_legacy_defaults(config) for name, config in earlier.get("configs", {}).items()
+        name: with_legacy_defaults(config) if "kind" in config else config
+        for name, config in earlier.get("configs", {}).items()
     }
     return [
         run | {"reused": True}

@@ -44,6 +44,13 @@ def test_a_more_row_written_before_the_defaults_moved_is_the_papers_more(tmp_pat
     assert kept_runs(out, today) == []
 
 
+def test_a_configuration_that_is_no_adapter_config_is_compared_as_it_is(tmp_path: Path) -> None:
+    out = tmp_path / "transfer.json"
+    configs = {"source": {"adapter": {"kind": "more"}, "train": {"lr": 3e-4}}}
+    out.write_text(json.dumps(_payload(configs=configs) | {"runs": [_run("source", 1)]}))
+    assert [r["config"] for r in kept_runs(out, _payload(configs=configs))] == ["source"]
+
+
 def test_settings_with_tuples_match_their_json_form(tmp_path: Path) -> None:
     """The payload holds seeds as a tuple; the JSON written earlier holds a list."""
     out = tmp_path / "quality.json"
