@@ -34,7 +34,6 @@ from benchmarks.quality import (
     cell,
     check_glue_dir,
     kept_runs,
-    mean_std,
     run_jobs,
 )
 from more_cli.recipe import Recipe, TaskConfig
@@ -93,19 +92,6 @@ def majority_score(task: TaskConfig, seed: int) -> float:
     label = Counter(e.label for e in loaded.load_split("train")).most_common(1)[0][0]
     references = [e.label for e in loaded.load_split("val_test")]
     return compute_metrics(loaded, [label] * len(references), references)["headline"]
-
-
-def summarize_transfer(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per configuration: mean and std over seeds of each task's headline on ``val_test``."""
-    summary: dict[str, Any] = {}
-    for config in dict.fromkeys(run["config"] for run in runs):
-        mine = sorted((r for r in runs if r["config"] == config), key=lambda r: r["seed"])
-        tasks = list(mine[0]["tasks"])
-        summary[config] = {
-            "seeds": [r["seed"] for r in mine],
-            "tasks": {t: mean_std([r["tasks"][t]["headline"] for r in mine]) for t in tasks},
-        }
-    return summary
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -174,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     done = {(r["config"], r["seed"]) for r in kept}
     if ("source", seed) not in done:
         job = Job("source", seed, source, threads=1)
-        kept = run_jobs([job], 1, payload, args.out, kept, summarize_transfer)["runs"]
+        kept = run_jobs([job], 1, payload, args.out, kept)["runs"]
     jobs = []
     for shots in args.shots:
         for seed in args.seeds:
@@ -184,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                      Job(f"fresh_lora_k{shots}", seed, fresh, threads=1)]  # fmt: skip
     jobs = [job for job in jobs if (job.config, job.seed) not in done]
     print(f"{len(kept)} runs kept from {args.out}, {len(jobs)} to train", flush=True)
-    payload = run_jobs(jobs, args.workers, payload, args.out, kept, summarize_transfer)
+    payload = run_jobs(jobs, args.workers, payload, args.out, kept)
     print(markdown(payload))
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.quality import summarize
 from benchmarks.transfer_fewshot import (
     fresh_lora_recipe,
     majority_score,
     markdown,
     source_recipe,
-    summarize_transfer,
 )
 from more_cli.recipe import TaskConfig
 from more_cli.tasks import get_task
@@ -73,8 +73,9 @@ def test_the_tables_show_what_has_run() -> None:
         {"config": "transfer_k16", "seed": 2023, "tasks": {"rte": {"headline": 52.0}}},
         {"config": "transfer_k16", "seed": 2024, "tasks": {"rte": {"headline": 54.0}}},
     ]  # fmt: skip
+    runs = [run | {"average": 0.0, "parameters": None} for run in runs]
     payload = {
-        "summary": summarize_transfer(runs),
+        "summary": summarize(runs),
         "majority": {"mnli": 35.0, "sst2": 50.9, "rte": 50.0},
         "shots": [16, 32],
     }
