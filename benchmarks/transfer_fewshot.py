@@ -26,6 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import RESULTS_DIR, environment
 from benchmarks.quality import (
     DEFAULT_GLUE_DIR,
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         "shots": sorted({*SHOTS, *args.shots}),
         "source_recipe": source.model_dump(mode="json", exclude={"output_dir"}),
         "majority": {t.name: majority_score(t, seed) for t in [*source.tasks, new_task]},
-        "environment": environment_record(args.workers),
+        "environment": environment(torch.device("cpu")) | {"workers": args.workers},
     }
     # What kept_runs compares per run: each configuration's adapter and training keys.
     payload["configs"] = {"source": _compared(source)}
@@ -179,12 +181,6 @@ def _compared(recipe: Recipe) -> dict[str, Any]:
     dumped = recipe.model_dump(mode="json", include={"adapter", "tasks", "data", "train"})
     tasks = [t | {"source": Path(t["source"]).name} for t in dumped["tasks"]]
     return dumped | {"tasks": tasks}
-
-
-def environment_record(workers: int) -> dict[str, Any]:
-    import torch
-
-    return environment(torch.device("cpu")) | {"workers": workers}
 
 
 if __name__ == "__main__":
