@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     source = source_recipe(glue_dir, work)
     check_glue_dir(glue_dir, [*source.task_names, NEW_TASK])
     new_task = TaskConfig(name=NEW_TASK, source=str(glue_dir / NEW_TASK))
-    seed = source.train.seed
+    source_seed = source.train.seed
     payload: dict[str, Any] = {
         "suite": "transfer_fewshot",
         "tasks": [*source.task_names, NEW_TASK],
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"fresh_lr": args.fresh_lr},
         "shots": sorted({*SHOTS, *args.shots}),
         "source_recipe": source.model_dump(mode="json", exclude={"output_dir"}),
-        "majority": {t.name: majority_score(t, seed) for t in [*source.tasks, new_task]},
+        "majority": {t.name: majority_score(t, source_seed) for t in [*source.tasks, new_task]},
         "environment": environment(torch.device("cpu")) | {"workers": args.workers},
     }
     # What kept_runs compares per run: each configuration's adapter and training keys.
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         payload["configs"][f"fresh_lora_k{shots}"] = {"shots": shots, "lr": args.fresh_lr}
     kept = kept_runs(args.out, payload)
     done = {(r["config"], r["seed"]) for r in kept}
-    if ("source", seed) not in done:
-        job = Job("source", seed, source, threads=1)
+    if ("source", source_seed) not in done:
+        job = Job("source", source_seed, source, threads=1)
         kept = run_jobs([job], 1, payload, args.out, kept)["runs"]
     jobs = []
     for shots in args.shots:
