@@ -43,7 +43,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
     "fixed_ranks": (("more",), None),
     "initial_rank": (("more",), "full"),
     "router_lr_scale": (("more",), 1.0),
-    "cl_weight": (("more",), 0.1),
+    "cl_weight": (("more",), 0.0),
     "cl_temperature": (("more",), 0.05),
     "cl_detach_inputs": (("more",), False),
     "num_experts": (("multilora", "moelora", "mosld"), 4),
@@ -71,17 +71,19 @@ def without_inactive(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A MoRE config written before MoRE's defaults moved (adapter format 3 and older, runs
-    before 2026-12-03), with the settings it was trained with spelled out.
+    """A MoRE config written before MoRE's defaults moved, with the settings it was trained
+    with spelled out.
 
-    Those versions wrote ``initial_rank`` as null or not at all, meaning the random initial
-    gate's choice, and rank scaling was on unless the config said otherwise. Read through
-    today's defaults the same config would mean another adapter. Other kinds, and configs
-    that name both keys, are returned as they are.
+    Adapter format 3 and older wrote ``initial_rank`` as null or not at all, meaning the
+    random initial gate's choice, and rank scaling was on unless the config said otherwise.
+    Benchmark configurations written before the contrastive loss went off by default
+    (2026-12-03) leave ``cl_weight`` out, meaning 0.1; adapters and resolved recipes always
+    name it. Read through today's defaults such a config would mean another adapter. Other
+    kinds, and keys a config names, are returned as they are.
     """
     if config.get("kind", "more") != "more":
         return config
-    legacy = {"initial_rank": "random", "rank_scaling": True}
+    legacy = {"initial_rank": "random", "rank_scaling": True, "cl_weight": 0.1}
     return config | {key: value for key, value in legacy.items() if config.get(key) is None}
 
 
@@ -170,8 +172,8 @@ class AdapterConfig(BaseModel):
     cl_weight: float | None = Field(
         None,
         ge=0.0,
-        description="more (default 0.1): weight lambda of the contrastive loss on task "
-        "embeddings; 0 turns it off.",
+        description="more (default 0, off; the paper: 0.1): weight lambda of the contrastive "
+        "loss on task embeddings.",
     )
     cl_temperature: float | None = Field(
         None, gt=0.0, description="more (default 0.05): temperature tau of that loss."

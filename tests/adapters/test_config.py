@@ -8,7 +8,7 @@ import yaml
 from pydantic import ValidationError
 
 from more_cli.adapters import AdapterConfig, inject_adapter, load_adapter, save_adapter
-from more_cli.adapters.config import KIND_FIELDS, applies_to
+from more_cli.adapters.config import KIND_FIELDS, applies_to, with_legacy_defaults
 from more_cli.errors import UserError
 from more_cli.recipe import Recipe
 from more_cli.recipe_io import dump_resolved, load_recipe
@@ -130,19 +130,31 @@ def test_a_run_recipe_from_before_the_defaults_moved_keeps_its_settings(
     tmp_path, written: dict
 ) -> None:
     """Until 2026-12-03 a resolved MoRE recipe held initial_rank null (the random gate's
-    choice) and rank_scaling true; read through today's defaults it would be another run."""
-    old = {
-        "model": {"name": "m"},
-        "adapter": {"kind": "more", "r": 4, "rank_scaling": True} | written,
-        "tasks": [{"name": "rte"}],
-    }
+    choice), rank_scaling true and cl_weight 0.1; read through today's defaults it would be
+    another run."""
+    adapter = {"kind": "more", "r": 4, "rank_scaling": True, "cl_weight": 0.1}
+    old = {"model": {"name": "m"}, "adapter": adapter | written, "tasks": [{"name": "rte"}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(old))
     resolved = load_recipe(tmp_path / "r.yaml", resolved=True).adapter
-    assert resolved == AdapterConfig(kind="more", r=4, initial_rank="random", rank_scaling=True)
+    assert resolved == AdapterConfig(
+        kind="more", r=4, initial_rank="random", rank_scaling=True, cl_weight=0.1
+    )
     assert load_recipe(tmp_path / "r.yaml").adapter.initial_rank == "full"  # a new recipe
-    without_scaling = old | {"adapter": {"kind": "more", "r": 4} | written}
+    without_scaling = old | {"adapter": {"kind": "more", "r": 4, "cl_weight": 0.1} | written}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(without_scaling))
     assert load_recipe(tmp_path / "r.yaml", resolved=True).adapter.rank_scaling is True
+
+
+def test_a_config_from_before_the_contrastive_loss_went_off_keeps_it() -> None:
+    """Benchmark configurations written before the second move (2026-12-03) leave cl_weight
+    out, meaning 0.1; what a config names, and other kinds, stay as they are."""
+    assert AdapterConfig(kind="more").cl_weight == 0.0
+    assert not AdapterConfig(kind="more").contrastive
+    first_move = {"kind": "more", "initial_rank": 8, "rank_scaling": False}
+    assert with_legacy_defaults(first_move) == first_move | {"cl_weight": 0.1}
+    named = first_move | {"cl_weight": 0.0}
+    assert with_legacy_defaults(named) == named
+    assert with_legacy_defaults({"kind": "lora"}) == {"kind": "lora"}
 
 
 def format_1(tmp_path, kind: str, config: AdapterConfig) -> None:

@@ -14,6 +14,7 @@ from tests.adapters.conftest import BUILDERS, model_inputs, randomize_adapter
 from tests.helpers.kinds import KINDS, adapter_config
 
 TASKS = ["alpha", "beta", "gamma"]
+PAPER_CL = 0.1  # the paper's weight; MoRE's default is 0, the loss off
 # Written out independently of the code: T5 decoder block 0's self-attention and
 # cross-attention query see only the start token at position 0.
 SAME_FOR_EVERY_SAMPLE = re.compile(
@@ -76,7 +77,7 @@ def test_batched_loss_equals_the_per_layer_definition(family: str, task_embeddin
 
 
 def test_t5_decoder_block_0_layers_that_see_only_the_start_token_are_left_out() -> None:
-    adapter = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4), TASKS)
+    adapter = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4, cl_weight=PAPER_CL), TASKS)
     left_out = sorted(path for path, layer in adapter.layers.items() if not layer.summarises)
     assert left_out == sorted(p for p in adapter.layers if SAME_FOR_EVERY_SAMPLE.fullmatch(p))
     assert len(left_out) == 5
@@ -91,7 +92,7 @@ def test_t5_decoder_block_0_layers_that_see_only_the_start_token_are_left_out() 
 def test_mean_pooling_leaves_padding_out(family: str) -> None:
     """Padded positions change neither the loss nor its reference, whatever they hold."""
     model = BUILDERS[family]()
-    adapter = inject_adapter(model, AdapterConfig(r=4, dropout=0.0), TASKS)
+    adapter = inject_adapter(model, AdapterConfig(r=4, dropout=0.0, cl_weight=PAPER_CL), TASKS)
     randomize_adapter(adapter)
     recorded = recorded_inputs(adapter)
     model.train()
@@ -113,13 +114,13 @@ def test_mean_pooling_leaves_padding_out(family: str) -> None:
 
 def test_no_loss_outside_training_or_without_weight() -> None:
     model = BUILDERS["llama"]()
-    adapter = inject_adapter(model, AdapterConfig(r=4), TASKS)
+    adapter = inject_adapter(model, AdapterConfig(r=4, cl_weight=PAPER_CL), TASKS)
     inputs = model_inputs("llama", batch=2)
     model.eval()
     model(**inputs, task_ids=torch.tensor([0, 1]))
     assert adapter.auxiliary_loss() is None
     model = BUILDERS["llama"]()
-    adapter = inject_adapter(model, AdapterConfig(r=4, cl_weight=0.0), TASKS)
+    adapter = inject_adapter(model, AdapterConfig(r=4), TASKS)  # the default: off
     model.train()
     model(**inputs, task_ids=torch.tensor([0, 1]))
     assert adapter.auxiliary_loss() is None
@@ -144,7 +145,9 @@ def test_detached_inputs_keep_the_loss_and_train_only_the_task_embeddings(detach
     for detach_inputs in (False, detach):
         torch.manual_seed(0)
         model = BUILDERS["bert"]()
-        config = AdapterConfig(kind="more", r=4, dropout=0.0, cl_detach_inputs=detach_inputs)
+        config = AdapterConfig(
+            kind="more", r=4, dropout=0.0, cl_weight=PAPER_CL, cl_detach_inputs=detach_inputs
+        )
         adapter = inject_adapter(model, config, TASKS)
         randomize_adapter(adapter)
         model.train()

@@ -62,7 +62,8 @@ def test_routing_is_computed_once_per_forward() -> None:
 
 def test_frozen_random_router_keeps_initial_ranks() -> None:
     model = BUILDERS["t5"]()
-    adapter = inject_adapter(model, AdapterConfig(kind="more", r=4, router="frozen_random"), TASKS)
+    config = AdapterConfig(kind="more", r=4, router="frozen_random", cl_weight=0.1)
+    adapter = inject_adapter(model, config, TASKS)
     before = adapter.router.chosen_ranks().clone()
     trainable = adapter.named_trainable_parameters()
     assert not any("gate" in k for k in trainable)
@@ -145,15 +146,17 @@ def test_initial_rank_keeps_the_router_live() -> None:
 
 
 def test_shared_task_embedding_is_leaner_and_feeds_the_contrastive_loss() -> None:
-    per_layer = inject_adapter(BUILDERS["t5"](), AdapterConfig(r=4), TASKS).parameter_counts()
+    with_cl = {"r": 4, "cl_weight": 0.1}  # the paper's weight; the default is 0
+    per_layer = inject_adapter(BUILDERS["t5"](), AdapterConfig(**with_cl), TASKS)
     model = BUILDERS["t5"]()
-    adapter = inject_adapter(
-        model, AdapterConfig(r=4, task_embedding="shared", task_embedding_dim=4), TASKS
-    )
-    shared = adapter.parameter_counts()
-    assert shared["task_embeddings"] == 3 * 4
-    assert shared["task_embeddings"] < per_layer["task_embeddings"]
-    assert shared["total"] < per_layer["total"]  # the CL projection is per width, not per layer
+    shared = AdapterConfig(**with_cl, task_embedding="shared", task_embedding_dim=4)
+    adapter = inject_adapter(model, shared, TASKS)
+    counts, per_layer_counts = adapter.parameter_counts(), per_layer.parameter_counts()
+    assert counts["task_embeddings"] == 3 * 4
+    assert counts["task_embeddings"] < per_layer_counts["task_embeddings"]
+    assert (
+        counts["total"] < per_layer_counts["total"]
+    )  # the CL projection is per width, not per layer
     model.train()
     inputs = model_inputs("t5", batch=3)
     model(

@@ -18,16 +18,19 @@ def train_new_task(model, adapter, steps: int = 3) -> None:
     for _ in range(steps):
         labels = inputs["input_ids"][:, :3].contiguous()
         out = model(**inputs, labels=labels, task_ids=torch.tensor([2, 2]))
-        (out.loss + adapter.auxiliary_loss()).backward()
+        auxiliary = adapter.auxiliary_loss()
+        (out.loss if auxiliary is None else out.loss + auxiliary).backward()
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
 
 
-def test_new_task_trains_and_old_tasks_stay_bit_for_bit(tmp_path) -> None:
+@pytest.mark.parametrize("cl_weight", [0.0, 0.1])  # the default, and the paper's loss on
+def test_new_task_trains_and_old_tasks_stay_bit_for_bit(tmp_path, cl_weight: float) -> None:
     model = BUILDERS["t5"]()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    adapter = inject_adapter(model, AdapterConfig(kind="more", r=4), ["a", "b"])
+    config = AdapterConfig(kind="more", r=4, cl_weight=cl_weight)
+    adapter = inject_adapter(model, config, ["a", "b"])
     randomize_adapter(adapter)
     inputs = model_inputs("t5", batch=2)
     with torch.no_grad():
