@@ -52,6 +52,13 @@ def test_paired_differences_and_interval() -> None:
     assert summary["selection"]["lora"] == {"0.001": 60.0, "0.003": 58.0}
 
 
+def test_an_extra_seed_of_one_method_only_is_left_out_of_the_pairs() -> None:
+    extra = [*RUNS, _run("lora", 2026, 1e-3, None, 70.0)]
+    summary = summarize_study(extra)
+    assert summary["test"]["lora"]["seeds"] == [2023, 2024, 2025, 2026]
+    assert summary["test"]["more"]["vs_lora"] == summarize_study(RUNS)["test"]["more"]["vs_lora"]
+
+
 def test_one_seed_has_no_interval_and_the_tables_render() -> None:
     one = [r for r in RUNS if r["seed"] == 2023]
     assert "ci95" not in paired_difference(one, one)
