@@ -31,6 +31,7 @@ rewritten after every run, so a stopped study keeps what it finished.
     python -m benchmarks.glue8 --stage test --configs lora --seeds 2026 2027   # extra seeds
     python -m benchmarks.glue8 --report                    # tables from the JSON
     python -m benchmarks.glue8 --calibration RUN_DIR ...   # record calibration runs
+    python -m benchmarks.glue8 --calibration RUN_DIR ... --calibration-out OTHER.json
 
 Calibration (how the step budget was chosen): plain LoRA and MoRE trained with ``more train``
 on the same setting at one rate, evaluated on ``val_select`` every 1,000 steps; the budget is
@@ -262,8 +263,10 @@ def calibration_record(run_dir: Path) -> dict[str, Any]:
         "max_source_length": recipe.data.max_source_length,
         "tasks": recipe.task_names,
         "val_select": evals,
-        "clears_trivial_scores_at": [
-            e["step"] for e in evals if all(e["tasks"][t] > v for t, v in TRIVIAL.items())
+        "clears_trivial_scores_at": [  # of the tasks the run has (a probe may have one)
+            e["step"]
+            for e in evals
+            if all(e["tasks"][t] > v for t, v in TRIVIAL.items() if t in e["tasks"])
         ],
         "best_step": info.get("best_step"),
         "val_test": {t: m["headline"] for t, m in report["tasks"].items()},
@@ -333,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=["select", "test"])
     parser.add_argument("--report", action="store_true", help="tables from the JSON only")
     parser.add_argument("--calibration", type=Path, nargs="+", help="record calibration runs")
+    parser.add_argument(
+        "--calibration-out", type=Path, default=CALIBRATION_JSON,
+        help="where --calibration writes (default results/glue8_calibration.json)",
+    )  # fmt: skip
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=METHOD_CONFIGS)
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID))
     parser.add_argument(
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(args_given)
     if args.calibration:
         records = [calibration_record(run_dir) for run_dir in args.calibration]
-        write_json(CALIBRATION_JSON, {"suite": "glue8-calibration", "runs": records})
+        write_json(args.calibration_out, {"suite": "glue8-calibration", "runs": records})
         print(calibration_markdown(records))
         return
     if args.report or args.stage is None:

@@ -69,7 +69,9 @@ def test_one_seed_has_no_interval_and_the_tables_render() -> None:
     assert "| more_no_cl | 62.0 | — |" in ablation  # one rate tried: nothing was picked
 
 
-def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> None:
+def _calibration_run(tmp_path, curve: list[tuple[int, dict]], final: dict[str, float]):
+    """A finished run directory as `more train` leaves it: the recipe, ``val_select`` records
+    at each step of ``curve`` and ``final`` as its ``val_test`` scores."""
     from more_cli.recipe import Recipe
     from more_cli.recipe_io import dump_resolved
     from more_cli.rundir import RunDir, append_jsonl, atomic_write_json, write_run_info
@@ -78,21 +80,29 @@ def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> No
     run.root.mkdir()
     recipe = Recipe.model_validate(
         {"model": {"name": "demo:minilm"}, "adapter": {"kind": "lora"},
-         "tasks": [{"name": t} for t in ("cola", "rte", "mrpc")],
-         "train": {"lr": 3e-4, "max_steps": 2000}, "output_dir": str(run.root)}
+         "tasks": [{"name": t} for t in final],
+         "train": {"lr": 3e-4, "max_steps": curve[-1][0]}, "output_dir": str(run.root)}
     )  # fmt: skip
     dump_resolved(recipe, run.recipe)
-    write_run_info(run, status="finished", best_step=2000)
-    curve = [(1000, {"cola": 0.0, "rte": 60.0, "mrpc": 80.0}),
-             (2000, {"cola": 12.0, "rte": 56.0, "mrpc": 75.0})]  # fmt: skip
+    write_run_info(run, status="finished", best_step=curve[-1][0])
     append_jsonl(run.metrics, {"step": 50, "loss": 1.0})
     for step, scores in curve:
         evaluation = {t: {"headline": v} for t, v in scores.items()}
-        average = sum(scores.values()) / 3
+        average = sum(scores.values()) / len(scores)
         append_jsonl(run.metrics, {"step": step, "split": "val_select", "eval": evaluation,
                                    "average": average})  # fmt: skip
-    tasks = {t: {"headline": v} for t, v in {"cola": 11.0, "rte": 57.0, "mrpc": 76.0}.items()}
-    atomic_write_json(run.eval, {"split": "val_test", "tasks": tasks, "average": 48.0})
+    tasks = {t: {"headline": v} for t, v in final.items()}
+    average = sum(final.values()) / len(final)
+    atomic_write_json(run.eval, {"split": "val_test", "tasks": tasks, "average": average})
+    return run
+
+
+def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> None:
+    from more_cli.rundir import write_run_info
+
+    curve = [(1000, {"cola": 0.0, "rte": 60.0, "mrpc": 80.0}),
+             (2000, {"cola": 12.0, "rte": 56.0, "mrpc": 75.0})]  # fmt: skip
+    run = _calibration_run(tmp_path, curve, {"cola": 11.0, "rte": 57.0, "mrpc": 76.0})
     record = calibration_record(run.root)
     assert record["kind"] == "lora" and record["lr"] == 3e-4 and record["steps"] == 2000
     assert [e["step"] for e in record["val_select"]] == [1000, 2000]
@@ -104,6 +114,15 @@ def test_a_calibration_run_is_recorded_with_its_val_select_curve(tmp_path) -> No
     stopped = calibration_record(run.root)
     assert stopped["val_test_average"] is None and stopped["status"] == "interrupted"
     assert "(stopped at 2000) | val_test | not yet" in calibration_markdown([stopped])
+
+
+def test_a_probe_of_some_tasks_is_judged_on_the_trivial_scores_of_those(tmp_path) -> None:
+    curve = [(750, {"cola": 6.3}), (1000, {"cola": 13.3})]
+    record = calibration_record(_calibration_run(tmp_path, curve, {"cola": 14.9}).root)
+    assert record["tasks"] == ["cola"] and record["clears_trivial_scores_at"] == [1000]
+    assert "| lora lr 0.0003 | best (1000) | val_test | 14.9 | **14.9** |" in (
+        calibration_markdown([record])
+    )
 
 
 def test_runs_are_named_config_at_rate() -> None:
