@@ -83,7 +83,9 @@ SELECT_SEED, TEST_SEEDS = 2023, (2024, 2025)
 # --seeds, every run of them is reported (pairs use the seeds both methods have).
 EXTRA_SEEDS = (2026, 2027)
 LR_GRID = (3e-4, 1e-3, 3e-3)
-# eval_samples caps the validation split before it is halved: only QNLI (5,463) is cut.
+# eval_samples caps each half of the validation split (max_eval_samples applies after the
+# val_select / val_test halving, rows drawn with the run's seed): only QNLI's halves
+# (2,732 / 2,731 rows) are cut.
 SETTINGS = Settings(
     steps=3000,
     seeds=(SELECT_SEED, *TEST_SEEDS),
