@@ -154,9 +154,8 @@ def test_shared_task_embedding_is_leaner_and_feeds_the_contrastive_loss() -> Non
     counts, per_layer_counts = adapter.parameter_counts(), per_layer.parameter_counts()
     assert counts["task_embeddings"] == 3 * 4
     assert counts["task_embeddings"] < per_layer_counts["task_embeddings"]
-    assert (
-        counts["total"] < per_layer_counts["total"]
-    )  # the CL projection is per width, not per layer
+    # The contrastive loss's projection is per width, not per layer.
+    assert counts["total"] < per_layer_counts["total"]
     model.train()
     inputs = model_inputs("t5", batch=3)
     model(
