@@ -10,7 +10,9 @@ targets), r = 8, each batch of 8 samples mixes 8 tasks at random.
 
 Sections (all ratios are paired, measured side by side in one run, methods interleaved):
 
-- ``train``: forward + backward + AdamW step, each method as a ratio to LoRA of the same r.
+- ``train``: forward + backward + AdamW step, each method as a ratio to LoRA of the same r,
+  beside ``free_adapter``: the base model's forward and backward with the gradient flow of
+  an adapter on the same layers but no adapter arithmetic, the floor no adapter can beat.
 - ``infer``: forward without gradients; unmerged kinds against LoRA, and a per-task
   checkpoint made by ``merge_and_unload`` against the bare base model.
 - ``memory``: peak memory of a training step above the loaded model, one fresh
@@ -63,6 +65,7 @@ from benchmarks.common import (
 )
 from benchmarks.peers import PEERS_TRAIN, peft_forward, peft_model, peft_train_step
 from more_cli.adapters import AdapterConfig, MultiTaskAdapter, inject_adapter
+from more_cli.adapters.injection import find_target_modules, resolve_target_patterns
 
 FAMILIES = ("t5", "llama")
 SECTIONS = ("train", "infer", "memory", "scaling", "compile")
@@ -169,6 +172,28 @@ def train_step(
     return step
 
 
+def free_adapter_step(
+    family: str, settings: Settings, batch: dict[str, torch.Tensor], device: torch.device
+) -> Callable[[], None]:
+    """The floor of any adapter's training step: the bare base model, forward and backward,
+    with gradients flowing exactly where an adapter on the ``auto`` targets would send them
+    (a hook marks each target's output as requiring grad, so the backward reaches every
+    target and goes through a target's input only where that input depends on an earlier
+    target), and no low-rank arithmetic, no parameters and no optimizer."""
+    model = build_base(family, settings).to(device)
+    model.requires_grad_(False)
+    model.train()
+    targets = find_target_modules(model, resolve_target_patterns(model, "auto"))
+    modules = dict(model.named_modules())
+
+    def needs_grad(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output if output.requires_grad else output.requires_grad_(True)
+
+    for name in targets:
+        modules[name].register_forward_hook(needs_grad)
+    return lambda: model(**batch).loss.backward()
+
+
 def forward_only(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], task_ids: torch.Tensor | None
 ) -> Callable[[], None]:
@@ -185,6 +210,7 @@ def bench_train(settings: Settings, device: torch.device, variants: list[str], c
             calls[variant] = train_step(model, adapter, batch, task_ids)
         peer = peft_model(build_base(family, settings).to(device), family, settings.r)
         calls["peft_lora"] = peft_train_step(peer, batch)
+        calls["free_adapter"] = free_adapter_step(family, settings, batch, device)
         seconds = measure(calls, settings.rounds, settings.warmup, device, clock)
         results[family] = summarize(seconds, "lora")
         results[f"{family}_vs_peft"] = summarize(seconds, "peft_lora")

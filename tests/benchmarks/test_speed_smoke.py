@@ -31,12 +31,22 @@ def test_layer_micro_smoke(tmp_path: Path) -> None:
     assert {"lora", "more", "moelora", "multilora", "mosld"} <= set(next(iter(shapes.values())))
 
 
+def test_fusion_probe_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "fusion.json"
+    # The probe itself asserts that the fused variants match today's outputs and gradients.
+    _run("benchmarks.fusion_probe", "--smoke", "--threads", "1", "--out", str(out))
+    shapes = json.loads(out.read_text())
+    assert set(shapes.pop("environment")) >= {"device", "threads"}
+    assert set(next(iter(shapes.values()))) == {"frozen", "peft_style", "current", "addmm", "fused"}
+
+
 def test_speed_smoke(tmp_path: Path) -> None:
     _run("benchmarks.speed", "--smoke", "--threads", "1", "--variants", "lora", "more",
          "--out-dir", str(tmp_path))  # fmt: skip
     results = json.loads((tmp_path / "speed_smoke.json").read_text())
     assert set(results) >= {"train", "infer", "memory", "scaling"}
     assert results["infer"]["t5"]["vs_base"]["more_merged"]["median_ms"] > 0
+    assert results["train"]["llama"]["free_adapter"]["median_ms"] > 0
     assert results["memory"]["llama"]["more"]["trainable"] > 0
     assert (tmp_path / "speed_scaling_smoke.png").exists()
     assert (tmp_path / "speed_train_smoke.png").exists()
