@@ -39,6 +39,13 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+def adamw(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The benchmarks' optimizer: torch's fused AdamW, as ``more train`` takes it and as the
+    Hugging Face Trainer does by default (``adamw_torch_fused`` for torch >= 2.8), so the
+    peer's step and ours pay the same optimizer."""
+    return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01, fused=True)
+
+
 def synchronizer(device: torch.device) -> Callable[[], None]:
     """A function that waits for queued device work (a no-op on CPU)."""
     if device.type == "cuda":

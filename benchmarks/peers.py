@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import inference_call
+from benchmarks.common import adamw, inference_call
 from more_cli.adapters import AdapterConfig
 from more_cli.adapters.config import TARGET_PRESETS
 
@@ -39,7 +39,7 @@ def peft_train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> C
     """One AdamW step of the active PEFT adapter, as :func:`benchmarks.speed.train_step`."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
+    optimizer = adamw(params)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

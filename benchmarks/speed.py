@@ -54,6 +54,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForCondition
 from benchmarks.common import (
     RESULTS_DIR,
     VARIANTS,
+    adamw,
     add_timing_arguments,
     environment,
     format_table,
@@ -70,7 +71,7 @@ from more_cli.adapters.injection import find_target_modules, resolve_target_patt
 FAMILIES = ("t5", "llama")
 SECTIONS = ("train", "infer", "memory", "scaling", "compile")
 DEFAULT_SECTIONS = ("train", "infer", "memory", "scaling")
-SCALING_VARIANTS = ("lora", "more", "moelora", "multilora", "per_task_lora")
+SCALING_VARIANTS = ("lora", "more", "more_no_cl", "moelora", "multilora", "per_task_lora")
 COMPILE_VARIANTS = ("lora", "more")
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux >= 4.0)
 
@@ -158,7 +159,7 @@ def train_step(
     auxiliary loss)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
+    optimizer = adamw(params)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -118,6 +118,12 @@ def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def plain(accelerator: Accelerator) -> bool:
+    """True when no engine shards the model or the optimizer (one process, or DDP): the
+    optimizer then sees the model's own parameters."""
+    return accelerator.distributed_type != DistributedType.FSDP and not is_deepspeed(accelerator)
+
+
 def configure(accelerator: Accelerator, recipe: Recipe) -> None:
     """Before ``prepare``: give DeepSpeed the recipe's batch, accumulation and clipping.
 

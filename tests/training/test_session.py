@@ -44,7 +44,7 @@ def test_bad_validation_rows_and_missing_tasks_stop_before_the_model_loads(
     assert not Path(recipe.output_dir).exists()
 
 
-def _optimizer_for(adapter_fields: dict):
+def _optimizer_for(adapter_fields: dict, fused: bool = False):
     from more_cli.adapters import AdapterConfig, inject_adapter
     from more_cli.recipe import Recipe
     from tests.helpers.tiny import tiny_t5
@@ -60,7 +60,7 @@ def _optimizer_for(adapter_fields: dict):
             "train": {"lr": 1e-3, "weight_decay": 0.01},
         }
     )
-    optimizer = training_session._make_optimizer(model, recipe, adapter.router)
+    optimizer = training_session._make_optimizer(model, recipe, adapter.router, fused=fused)
     return optimizer, adapter.router
 
 
@@ -81,3 +81,29 @@ def test_router_scale_one_keeps_the_two_groups_of_before() -> None:
     optimizer, _ = _optimizer_for({})
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
     assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
+
+
+def test_the_fused_optimizer_takes_the_default_loops_steps() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    default, _ = _optimizer_for({"router_lr_scale": 0.1})
+    torch.manual_seed(0)
+    fused, _ = _optimizer_for({"router_lr_scale": 0.1}, fused=True)
+    assert fused.defaults["fused"] and not default.defaults["fused"]
+    pairs = [
+        (a, b)
+        for ga, gb in zip(default.param_groups, fused.param_groups, strict=True)
+        for a, b in zip(ga["params"], gb["params"], strict=True)
+    ]
+    before = [a.detach().clone() for a, _ in pairs]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for a, b in pairs:
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        default.step()
+        fused.step()
+    assert all(not torch.equal(a, start) for (a, _), start in zip(pairs, before, strict=True))
+    for a, b in pairs:
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
