@@ -369,7 +369,7 @@ def _make_optimizer(
     """AdamW with weight decay on matrices only (not biases, norms, embeddings); MoRE's
     router (task embeddings, gates) at ``router_lr_scale`` times the learning rate.
 
-    ``fused``: torch's fused AdamW kernel where the parameters' device has one (the same
+    ``fused``: torch's fused AdamW kernel on CPU and CUDA parameters (the same
     update up to float rounding; on one CPU thread a quarter of the default loop's time, and
     MoRE's per-task tables make the optimizer a visible part of a many-task step). Only
     asked for without FSDP2 or DeepSpeed, which hand the optimizer sharded or flattened
@@ -395,12 +395,11 @@ def _make_optimizer(
         }
         for (in_router, no_wd), params in sorted(groups.items())
     ]
-    if fused:
-        try:
-            return torch.optim.AdamW(param_groups, lr=lr, fused=True)
-        except RuntimeError:  # a device without the fused kernel: the default loop below
-            pass
-    return torch.optim.AdamW(param_groups, lr=lr)
+    # torch checks the devices only at the first step; cpu and cuda have had the kernel
+    # since torch 2.4 (older than this package's floor), other devices take the default loop.
+    trainable = [p for params in groups.values() for p in params]
+    fused = fused and all(p.device.type in ("cpu", "cuda") for p in trainable)
+    return torch.optim.AdamW(param_groups, lr=lr, fused=fused or None)
 
 
 def start_run(session: Session, *, resumed: bool) -> None:
