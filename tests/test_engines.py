@@ -133,3 +133,14 @@ def test_fsdp_asked_for_without_a_gpu_stops_before_the_launch(
     )
     assert result.exit_code == 2
     assert "runs only on GPUs" in result.stderr and "launching" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "engine, plain", [("NO", True), ("MULTI_CPU", True), ("MULTI_GPU", True),
+                      ("FSDP", False), ("DEEPSPEED", False)],
+)  # fmt: skip
+def test_only_engines_that_leave_the_parameters_alone_count_as_plain(
+    engine: str, plain: bool
+) -> None:
+    # The training loop asks for the fused AdamW kernel on plain engines only.
+    assert engines.plain(_accelerator(engine)) is plain
