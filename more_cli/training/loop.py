@@ -5,8 +5,8 @@ due → finish, readable top to bottom here; checkpoints, signals and reporting 
 
 - **Model**: the frozen base (:func:`~more_cli.modeling.load_base`, 4-bit if asked), the
   adapter injected into it, per-task heads for encoders. Only adapter and heads train.
-- **Optimizer**: AdamW over the trainable parameters (torch's fused kernel where the device
-  has one, except under FSDP2 and DeepSpeed); no weight decay on biases, norms and task
+- **Optimizer**: AdamW over the trainable parameters (torch's fused kernel on CPU and CUDA,
+  except under FSDP2 and DeepSpeed); no weight decay on biases, norms and task
   embeddings. Warm-up then ``train.scheduler`` decay (linear, cosine or constant).
 - **Loss**: task loss + the adapter kind's own weighted loss term (MoRE: ``cl_weight`` ×
   the contrastive loss; MoSLD: ``balance_weight`` × the load-balancing loss). Gradient
