@@ -96,11 +96,11 @@ def make_step(
     leaves = [x, a, b, mask]
 
     def forward() -> torch.Tensor:
-        coefficient = (mask * SCALING)[:, None, :]
         if variant == "frozen":
             return base(x)
         if variant == "peft_style":
             return base(x) + F.linear(F.linear(x, a), b) * SCALING
+        coefficient = (mask * SCALING)[:, None, :]
         if variant == "current":
             return base(x) + ((x @ a.T) * coefficient) @ b.T
         if variant == "addmm":

@@ -185,13 +185,12 @@ def free_adapter_step(
     model.requires_grad_(False)
     model.train()
     targets = find_target_modules(model, resolve_target_patterns(model, "auto"))
-    modules = dict(model.named_modules())
 
     def needs_grad(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return output if output.requires_grad else output.requires_grad_(True)
 
     for name in targets:
-        modules[name].register_forward_hook(needs_grad)
+        model.get_submodule(name).register_forward_hook(needs_grad)
     return lambda: model(**batch).loss.backward()
 
 
