@@ -20,6 +20,8 @@ Protocol, in two stages that can be run (and resumed) separately:
 
 The report gives per-task mean ± std over the three seeds, the average, and for every method
 the paired per-seed difference of the average to LoRA with a 95 % t-interval (scipy).
+``peft_lora`` is the reference row of the peer: the ``lora`` configuration trained with
+PEFT's own LoRA layer computing every update, everything else the same.
 Runs are reused and resumed exactly as in :mod:`benchmarks.quality`; the results JSON is
 rewritten after every run, so a stopped study keeps what it finished.
 
@@ -27,6 +29,7 @@ rewritten after every run, so a stopped study keeps what it finished.
     python -m benchmarks.glue8 --stage test                # 5 methods x 2 more seeds
     python -m benchmarks.glue8 --stage select --configs lora more --lrs 1e-3
     python -m benchmarks.glue8 --stage select --runs lora@3e-4 more@3e-3   # in this order
+    python -m benchmarks.glue8 --stage select --runs peft_lora@3e-4   # PEFT's LoRA, reference
     python -m benchmarks.glue8 --stage test --runs more_no_cl@3e-4 --seeds 2024
     python -m benchmarks.glue8 --stage test --configs lora --seeds 2026 2027   # extra seeds
     python -m benchmarks.glue8 --report                    # tables from the JSON
@@ -98,6 +101,11 @@ SETTINGS = Settings(
 METHOD_CONFIGS = [name for name in METHODS if name != "per_task_lora"]
 # MoRE's ablations (candidate fixes) run under the same protocol when named in --configs.
 CONFIGS = {name: METHODS.get(name) or ABLATIONS[name] for name in METHOD_CONFIGS + list(ABLATIONS)}
+# The peer's reference row: the `lora` configuration with PEFT's own LoRA layer computing
+# every update (benchmarks.peers.use_peft_lora_layers); run at LoRA's picked rate, e.g.
+# --stage select --runs peft_lora@3e-4.
+PEER_CONFIGS = {"peft_lora": "lora"}
+CONFIGS |= {peer: CONFIGS[ours] for peer, ours in PEER_CONFIGS.items()}
 OUT_JSON = RESULTS_DIR / "glue8.json"
 CALIBRATION_JSON = RESULTS_DIR / "glue8_calibration.json"
 # A predictor's trivial score on val_select that the calibrated setting must clear with LoRA.
@@ -111,7 +119,7 @@ def job(config: str, seed: int, lr: float, settings: Settings, glue_dir: Path, w
         config, seed, settings, glue_dir, run_dir,
         adapter=CONFIGS[config], tasks=TASKS, train=train,
     )  # fmt: skip
-    return Job(config, seed, recipe, threads=1)
+    return Job(config, seed, recipe, threads=1, peft_layers=config in PEER_CONFIGS)
 
 
 def picked_lrs(runs: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -156,6 +156,8 @@ class Job:
     seed: int
     recipe: Recipe
     threads: int
+    # PEFT's LoRA layer computes each ``lora`` layer's update (the peer reference row).
+    peft_layers: bool = False
 
 
 # =============================================================================================
@@ -251,6 +253,10 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train one run (in its own worker process) unless a matching finished run exists."""
     stop_when_orphaned()
     torch.set_num_threads(job.threads)
+    if job.peft_layers:
+        from benchmarks.peers import use_peft_lora_layers
+
+        use_peft_lora_layers()
     run_dir = Path(job.recipe.output_dir)
     state = run_state(run_dir, job.recipe)
     if state != "finished":
@@ -279,7 +285,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "curve": training_curve(run),
         "run_dir": str(run_dir),
         "reused": state == "finished",
-    }
+    } | ({"layers": "peft"} if job.peft_layers else {})
 
 
 def training_curve(run: RunDir) -> list[dict[str, Any]]:
