@@ -18,7 +18,10 @@ Sections (all ratios are paired, measured side by side in one run, methods inter
 - ``memory``: peak memory of a training step above the loaded model, one fresh
   subprocess per method (CPU: peak RSS, reset through ``/proc/self/clear_refs``; CUDA:
   ``torch.cuda.max_memory_allocated``), with the trainable parameter counts.
-- ``scaling``: T5 training step time as the number of tasks grows.
+- ``scaling``: T5 training step time as the number of tasks grows, each count's kinds
+  interleaved; then (``scaling_paired``) each kind's step with the most tasks against the
+  same kind with the fewest, both in the same interleaved rounds: the paired ratio of
+  "flat in tasks".
 - ``compile`` (only when asked for: compiling takes minutes): the training step of LoRA,
   MoRE and PEFT's LoRA under ``torch.compile`` against the same step in eager mode, all
   interleaved in one run; each compiled model's first (compiling) step is timed apart.
@@ -349,6 +352,32 @@ def bench_scaling(
     return results
 
 
+def bench_task_flatness(
+    settings: Settings, device: torch.device, variants: list[str], clock: str
+) -> dict:
+    """Per kind, its T5 training step with the most tasks of ``scaling_tasks`` as a paired
+    ratio to its step with the fewest, every (kind, count) timed in the same rounds."""
+    fewest, most = min(settings.scaling_tasks), max(settings.scaling_tasks)
+    kinds = [v for v in SCALING_VARIANTS if v in variants]
+    calls = {}
+    for tasks in (fewest, most):
+        batch, task_ids = make_batch("t5", settings, tasks, device)
+        for variant in kinds:
+            model, adapter = build("t5", variant, settings, tasks, device)
+            calls[f"{variant}@{tasks}"] = train_step(model, adapter, batch, task_ids)
+    seconds = measure(calls, settings.scaling_rounds, settings.warmup, device, clock)
+    del calls
+    gc.collect()
+    results = {}
+    for variant in kinds:
+        few, many = f"{variant}@{fewest}", f"{variant}@{most}"
+        pair = summarize({few: seconds[few], many: seconds[many]}, few)
+        results[variant] = pair[many] | {"fewest_ms": pair[few]["median_ms"]}
+    print(f"\n### {most} tasks against {fewest}, paired per kind\n\n"
+          + format_table(results, f"same kind at {fewest} tasks"))  # fmt: skip
+    return {"tasks": [fewest, most], "kinds": results}
+
+
 def bench_compile(
     settings: Settings, device: torch.device, variants: list[str], clock: str, backend: str
 ) -> dict:
@@ -507,6 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     if "scaling" in args.only:
         results["scaling"] = bench_scaling(settings, device, variants, args.clock)
         plot_scaling(results["scaling"], args.out_dir / f"speed_scaling{suffix}.png")
+        results["scaling_paired"] = bench_task_flatness(settings, device, variants, args.clock)
     if set(args.only) & set(DEFAULT_SECTIONS):
         results["load_average_1m_end"] = environment(device)["load_average_1m"]
         write_json(args.out_dir / f"speed{suffix}.json", results)

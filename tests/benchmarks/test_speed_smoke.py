@@ -48,6 +48,9 @@ def test_speed_smoke(tmp_path: Path) -> None:
     assert results["infer"]["t5"]["vs_base"]["more_merged"]["median_ms"] > 0
     assert results["train"]["llama"]["free_adapter"]["median_ms"] > 0
     assert results["memory"]["llama"]["more"]["trainable"] > 0
+    paired = results["scaling_paired"]
+    assert paired["tasks"] == [2, 4] and set(paired["kinds"]) == {"lora", "more"}
+    assert all(row["ratio"] > 0 and row["fewest_ms"] > 0 for row in paired["kinds"].values())
     assert (tmp_path / "speed_scaling_smoke.png").exists()
     assert (tmp_path / "speed_train_smoke.png").exists()
 
