@@ -1,7 +1,7 @@
 """The per-call state shared by the adapted layers of one model.
 
-A forward pre-hook fills it once per model call (task ids, routing of every layer gathered
-per sample, the call's attention mask); each layer reads its row. This is how task ids reach
+A forward pre-hook fills it once per model call (task ids, each sample's routing at every
+layer, the call's attention mask); each layer reads its row. This is how task ids reach
 the layers without changing any model's forward signature.
 """
 
@@ -31,11 +31,12 @@ class RoutingContext:
     def set(
         self,
         task_ids: torch.Tensor,
-        routing: torch.Tensor | None,
+        per_sample: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
     ) -> None:
+        """Task ids ``[batch]`` and each sample's routing ``[layers, batch, n]`` (or None)."""
         self.task_ids = task_ids
-        self.per_sample = None if routing is None else routing[:, task_ids]
+        self.per_sample = per_sample
         self.attention_mask = attention_mask
         self.summaries = {}
         self.balance = {}

@@ -115,11 +115,25 @@ class MultiTaskAdapter:
         """Routing of every task at every layer ``[layers, tasks, n]`` (None for lora kinds)."""
         return None if self.router is None else self.router()
 
+    def sample_routing(self, task_ids: torch.Tensor) -> torch.Tensor | None:
+        """Each sample's routing ``[layers, batch, n]`` (None for lora kinds).
+
+        A batch of fewer samples than tasks routes its samples' own tasks only, so that its
+        cost follows the batch and not the number of tasks; a larger one gathers every
+        task's routing. The values are the same either way (and the gradients, up to the
+        order of a sum); the choice depends on shapes only, which ``torch.compile`` allows.
+        """
+        if self.router is None:
+            return None
+        if task_ids.numel() < self.router.num_tasks:
+            return self.router(task_ids)
+        return self.router()[:, task_ids]
+
     def _activate(self, task_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
         device = next(iter(self.layers.values())).lora_A.device
         task_ids = task_ids.to(device)
         self._check_merged_task(task_ids)
-        self.context.set(task_ids, self.routing(), attention_mask)
+        self.context.set(task_ids, self.sample_routing(task_ids), attention_mask)
 
     def _check_merged_task(self, task_ids: torch.Tensor) -> None:
         """A merged model serves its merged task only (where the kind's update depends on

@@ -1,7 +1,9 @@
 """Task-level routing: task embeddings and gates, MoRE's hard rank router and MOELoRA's gate.
 
 Both depend on the task only, never on the tokens (method.md §2), so one call computes the
-routing of *every task at every layer* as a ``[layers, tasks, n]`` tensor.
+routing of *every task at every layer* as a ``[layers, tasks, n]`` tensor, or (given task
+ids) of just those tasks, ``[layers, len(ids), n]``: a batch smaller than the task count
+then costs what the batch needs, not what every task's gates would.
 
 - :class:`Router` (MoRE): ``n = r`` and row ``[l, t]`` is task t's rank mask at layer l.
   Layers are grouped by input width so that every group's gates run as one batched einsum:
@@ -53,9 +55,14 @@ class _WidthGroup(nn.Module):
             else None
         )
 
-    def logits(self, shared_embedding: torch.Tensor | None) -> torch.Tensor:
+    def logits(
+        self, shared_embedding: torch.Tensor | None, tasks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[group layers, tasks, n]``; ``shared_embedding`` already holds the rows of
+        ``tasks``, the per-layer tables are indexed here (all tasks when ``tasks`` is None)."""
         if self.embedding is not None:
-            scores = torch.einsum("ltd,lnd->ltn", self.embedding, self.gate_weight)
+            table = self.embedding if tasks is None else self.embedding[:, tasks]
+            scores = torch.einsum("ltd,lnd->ltn", table, self.gate_weight)
         else:
             scores = torch.einsum("td,lnd->ltn", shared_embedding, self.gate_weight)
         return scores + self.gate_bias[:, None, :]
@@ -172,26 +179,32 @@ class Router(nn.Module):
             group.gate_weight.requires_grad_(False)
             group.gate_bias.requires_grad_(False)
 
-    def logits(self) -> torch.Tensor:
-        """Gate logits for every layer and task: ``[layers, tasks, n]``."""
-        per_group = [group.logits(self.shared_embedding) for group in self.groups]
+    def logits(self, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """Gate logits ``[layers, tasks, n]`` of every task, or of the task ids ``tasks`` (in
+        their order, repeats allowed)."""
+        shared = self.shared_embedding
+        if shared is not None and tasks is not None:
+            shared = shared[tasks]
+        per_group = [group.logits(shared, tasks) for group in self.groups]
         return torch.cat(per_group)[self._layer_order]
 
-    def forward(self) -> torch.Tensor:
-        """Routing of every task at every layer: ``[layers, tasks, r]``, differentiable rank
-        masks (hard in the forward, straight-through gradient to the gates and task
-        embeddings)."""
-        logits = self.logits()
+    def forward(self, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """Routing of every task (or of the task ids ``tasks``) at every layer:
+        ``[layers, tasks, r]``, differentiable rank masks (hard in the forward,
+        straight-through gradient to the gates and task embeddings)."""
+        logits = self.logits(tasks)
+        fixed_ranks = self.fixed_ranks if tasks is None else self.fixed_ranks[tasks]
         if self.config.router == "frozen_random":
-            choice = _one_hot_rank(self.frozen_choice, self.config.r, logits.dtype)
+            frozen = self.frozen_choice if tasks is None else self.frozen_choice[:, tasks]
+            choice = _one_hot_rank(frozen, self.config.r, logits.dtype)
         else:
             probs = logits.softmax(-1)
             hard = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
             choice = probs - probs.detach() + hard  # straight-through estimator
         # Applied whether or not any rank is forced: a branch on the buffer's values would
         # break a torch.compile graph, and where() with nothing forced returns choice as is.
-        forced = self.fixed_ranks > 0
-        fixed = _one_hot_rank(self.fixed_ranks.clamp(min=1), self.config.r, logits.dtype)
+        forced = fixed_ranks > 0
+        fixed = _one_hot_rank(fixed_ranks.clamp(min=1), self.config.r, logits.dtype)
         choice = torch.where(forced[None, :, None], fixed.expand_as(choice), choice)
         # Component j is on when the chosen expert k >= j + 1: reverse cumulative sum.
         return choice.flip(-1).cumsum(-1).flip(-1)
@@ -274,13 +287,15 @@ class TaskGate(nn.Module):
             torch.empty(config.num_experts, config.task_embedding_dim).uniform_(-bound, bound)
         )
 
-    def logits(self) -> torch.Tensor:
-        """Gate logits ``[layers, tasks, E]`` (the same at every layer; a view, no copy)."""
-        scores = self.embedding @ self.gate_weight.T
+    def logits(self, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """Gate logits ``[layers, tasks, E]`` of every task or of the ids ``tasks`` (the same
+        at every layer; a view, no copy)."""
+        table = self.embedding if tasks is None else self.embedding[tasks]
+        scores = table @ self.gate_weight.T
         return scores[None].expand(self.num_layers, -1, -1)
 
-    def forward(self) -> torch.Tensor:
-        return self.logits().softmax(-1)
+    def forward(self, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(tasks).softmax(-1)
 
     def confidence(self) -> torch.Tensor:
         """Largest expert weight per layer and task, ``[layers, tasks]``."""

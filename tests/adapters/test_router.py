@@ -24,7 +24,8 @@ def test_forward_uses_exactly_the_hard_choice() -> None:
     # The layer output is the update of the chosen prefix only.
     name, layer = next(iter(adapter.layers.items()))
     x = torch.randn(2, 3, layer.d_in)
-    adapter.context.set(torch.tensor([0, 2]), routing)
+    task_ids = torch.tensor([0, 2])
+    adapter.context.set(task_ids, adapter.sample_routing(task_ids))
     got = layer(x)
     for row, task in enumerate([0, 2]):
         k = int(ranks[0, task])
@@ -165,3 +166,35 @@ def test_shared_task_embedding_is_leaner_and_feeds_the_contrastive_loss() -> Non
     assert loss is not None and torch.isfinite(loss)
     loss.backward()
     assert adapter.router.shared_embedding.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "more", "initial_rank": "random"},
+        {"kind": "more", "task_embedding": "shared", "initial_rank": "random"},
+        {"kind": "more", "router": "frozen_random", "initial_rank": "random"},
+        {"kind": "more", "initial_rank": "random", "fixed_ranks": {"t1": 2}},
+        {"kind": "moelora", "num_experts": 2},
+    ],
+    ids=["per_layer", "shared", "frozen_random", "fixed_ranks", "moelora"],
+)
+def test_routing_only_the_batch_s_tasks_equals_gathering_every_task_s(fields) -> None:
+    tasks = [f"t{i}" for i in range(12)]
+    model = BUILDERS["llama"]()
+    adapter = inject_adapter(model, AdapterConfig(r=4, **fields), tasks)
+    randomize_adapter(adapter, scale=1.0)
+    task_ids = torch.tensor([3, 1, 3, 7])  # fewer samples than tasks, one task twice
+    params = [p for p in adapter.router.parameters() if p.requires_grad]
+    weights = torch.randn(adapter.router(task_ids).shape)
+    results = []
+    for routing in (adapter.router(task_ids), adapter.router()[:, task_ids]):
+        live = routing.requires_grad  # a frozen router's masks depend on no parameter
+        grads = torch.autograd.grad((routing * weights).sum(), params) if live else ()
+        results.append((routing.detach(), grads))
+    (ours, our_grads), (gathered, gathered_grads) = results
+    torch.testing.assert_close(ours, gathered, rtol=0, atol=0)
+    for mine, theirs in zip(our_grads, gathered_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)  # order of a sum
+    # The model call takes the batch's path (4 samples, 12 tasks) and gives the same masks.
+    torch.testing.assert_close(adapter.sample_routing(task_ids), gathered, rtol=0, atol=0)
