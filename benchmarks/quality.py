@@ -317,13 +317,19 @@ def training_curve(run: RunDir) -> list[dict[str, Any]]:
 def kept_runs(out_path: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs of an earlier results JSON that this invocation would repeat exactly: same
     settings and, per run, the same configuration. Lets a long suite be finished on another
-    machine (or after its run directories are gone) from the committed JSON."""
+    machine (or after its run directories are gone) from the committed JSON.
+
+    The seeds are not among the settings compared: runs of seeds this invocation does not
+    train are kept too, so that adding seeds to a finished suite (``--seeds 2024 2025``)
+    adds runs to its JSON instead of writing one without the earlier seeds."""
     if not out_path.is_file():
         return []
     earlier = read_json(out_path)
     # Compared as JSON holds them: a tuple in the payload (seeds) reads back as a list.
     payload = json.loads(json.dumps(payload))
-    if earlier.get("settings") != payload["settings"] or earlier.get("tasks") != payload["tasks"]:
+    if _without_seeds(earlier.get("settings")) != _without_seeds(payload["settings"]):
+        return []
+    if earlier.get("tasks") != payload["tasks"]:
         return []
     # A MoRE row of a JSON written before PAPER_MORE was spelled out used the defaults of
     # its day, which PAPER_MORE names. (Suites whose configurations are not adapter configs,
@@ -338,6 +344,10 @@ def kept_runs(out_path: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
         if run["config"] in payload["configs"]
         and configs.get(run["config"]) == payload["configs"][run["config"]]
     ]
+
+
+def _without_seeds(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if settings is None else {k: v for k, v in settings.items() if k != "seeds"}
 
 
 def run_state(run_dir: Path, recipe: Recipe) -> str:
@@ -396,6 +406,9 @@ def run_jobs(
     """
     summarize_runs = summarize_runs or summarize
     payload |= {"runs": list(kept), "failed": []}
+    if "seeds" in payload["settings"]:  # the seeds the output holds: these and the kept ones
+        seeds = {*payload["settings"]["seeds"], *(run["seed"] for run in kept)}
+        payload["settings"] = payload["settings"] | {"seeds": sorted(seeds)}
     payload["summary"] = summarize_runs(payload["runs"])
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.quality import PAPER_MORE, kept_runs, training_curve
+from benchmarks.quality import PAPER_MORE, kept_runs, run_jobs, training_curve
 from more_cli.rundir import RunDir
 
 
@@ -58,6 +58,22 @@ def test_settings_with_tuples_match_their_json_form(tmp_path: Path) -> None:
     out.write_text(json.dumps(_payload() | {"settings": settings, "runs": [_run("lora", 1)]}))
     kept = kept_runs(out, _payload() | {"settings": settings})
     assert [(r["config"], r["seed"]) for r in kept] == [("lora", 1)]
+
+
+def test_adding_seeds_keeps_the_runs_of_the_earlier_ones(tmp_path: Path) -> None:
+    """``--seeds 2 3 --keep-results`` after a seed-1 suite: the seed-1 runs stay in the JSON,
+    whose settings then name every seed it holds."""
+    out = tmp_path / "quality.json"
+    earlier = _payload() | {"settings": {"steps": 400, "seeds": [1]}, "runs": [_run("lora", 1)]}
+    out.write_text(json.dumps(earlier))
+    later = _payload() | {"settings": {"steps": 400, "seeds": (2, 3)}}
+    kept = kept_runs(out, later)
+    assert [(r["config"], r["seed"]) for r in kept] == [("lora", 1)]
+    written = run_jobs([], 1, later, out, kept, summarize_runs=lambda runs: {})
+    assert written["settings"] == {"steps": 400, "seeds": [1, 2, 3]}
+    assert [r["seed"] for r in written["runs"]] == [1]
+    other = _payload() | {"settings": {"steps": 100, "seeds": (2,)}}
+    assert kept_runs(out, other) == []  # a setting other than the seeds still differs
 
 
 def test_the_curve_holds_each_evaluation_with_the_router_at_its_step(tmp_path: Path) -> None:
