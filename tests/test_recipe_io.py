@@ -54,6 +54,29 @@ def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
     assert recipe.output_dir == Path("runs/run")
 
 
+def test_a_leading_tilde_is_the_home_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = """\
+model: {name: ~/models/smollm2}
+tasks:
+  - {name: rte, source: ~/glue/rte}
+  - {name: mine, data_files: {train: ~/mine.jsonl}, template: "mine: {text}"}
+transfer: {from_run: ~/runs/source}
+output_dir: ~/runs/new
+"""
+    recipe = load_recipe(write(tmp_path, text))
+    assert recipe.model.name == str(tmp_path / "models/smollm2")
+    assert recipe.tasks[0].source == str(tmp_path / "glue/rte")
+    assert recipe.tasks[1].data_files == {"train": str(tmp_path / "mine.jsonl")}
+    assert recipe.transfer.from_run == tmp_path / "runs/source"
+    assert recipe.output_dir == tmp_path / "runs/new"
+
+
+def test_a_tilde_inside_a_name_is_left_alone(tmp_path: Path) -> None:
+    text = MINIMAL.replace("name: tiny", "name: org/model~v2")
+    assert load_recipe(write(tmp_path, text)).model.name == "org/model~v2"
+
+
 @pytest.mark.parametrize(
     ("override", "read", "expected"),
     [
